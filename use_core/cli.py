@@ -1,0 +1,98 @@
+"""The `use` command line: one sub-command per pipeline stage plus the user-facing tools.
+
+Every command only parses options and calls one function of `use_core`; DVC stages and Prefect
+flows call the same functions. Heavy libraries are imported inside the commands so that
+`use --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+
+from use_core.config import ConfigError, Params, load_params
+
+app = typer.Typer(
+    name="use",
+    help="USE — Universal Segment Embeddings: curate segment-text pairs, train, evaluate, query.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+ParamsOpt = Annotated[
+    Path, typer.Option("--params", "-p", help="params.yaml to read (every knob of the pipeline).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-S", help="Override a param, e.g. -S train.lr=0.01 (repeatable)."),
+]
+
+
+def _overrides(pairs: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in pairs or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def get_params(path: Path, sets: list[str] | None = None) -> Params:
+    """Load and validate params, turning a config error into a clean CLI error."""
+    try:
+        return load_params(path, _overrides(sets))
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(code=2) from None
+
+
+@app.command("params")
+def params_cmd(
+    params: ParamsOpt = Path("params.yaml"),
+    sets: SetOpt = None,
+) -> None:
+    """Validate params.yaml and print the full, resolved configuration as YAML."""
+    p = get_params(params, sets)
+    typer.echo(yaml.safe_dump(p.model_dump(mode="json"), sort_keys=False))
+
+
+@app.command("assets")
+def assets_cmd(
+    params: ParamsOpt = Path("params.yaml"),
+    sets: SetOpt = None,
+) -> None:
+    """Fetch and verify the offline assets (MobileSAM, spaCy) and build the demo models."""
+    from use_core.models.assets import prepare_assets
+
+    p = get_params(params, sets)
+    prepare_assets(Path(p.models.cache_dir))
+
+
+@app.command("shapes")
+def shapes_cmd(
+    out: Annotated[Path, typer.Option(help="Output folder of the corpus.")] = Path("data/shapes"),
+    params: ParamsOpt = Path("params.yaml"),
+    sets: SetOpt = None,
+) -> None:
+    """Generate the seeded "shapes" demo corpus (images, captions, VG regions, COCO masks)."""
+    from use_core.data.shapes import generate_shapes
+
+    cfg = get_params(params, sets).data.shapes
+    stats = generate_shapes(out, **cfg.model_dump())
+    typer.echo(json.dumps(stats, indent=2, sort_keys=True))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
