@@ -648,7 +648,7 @@ def _write_split(
                 {"region_id": n_regions, "image_id": image_id, "phrase": phrase}
                 | {"x": x, "y": y, "width": w, "height": h}
             )
-        regions.append({"id": image_id, "regions": image_regions})
+        regions.append({"id": image_id, "file_name": f"{stem}.png", "regions": image_regions})
         progress.update(1)
     categories = [
         {"id": i, "name": n, "supercategory": V.SUPERCATEGORY[n]} for i, n in enumerate(V.SEMANTIC)
