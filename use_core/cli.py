@@ -73,7 +73,7 @@ def assets_cmd(
     from use_core.models.assets import prepare_assets
 
     p = get_params(params, sets)
-    prepare_assets(Path(p.models.cache_dir))
+    prepare_assets(Path(p.models.cache_dir), seed=p.runtime.seed)
 
 
 @app.command("shapes")
@@ -88,6 +88,74 @@ def shapes_cmd(
     cfg = get_params(params, sets).data.shapes
     stats = generate_shapes(out, **cfg.model_dump())
     typer.echo(json.dumps(stats, indent=2, sort_keys=True))
+
+
+def _run_curation_stage(stage: str, params: Path, sets: list[str] | None) -> None:
+    from use_core.curation.stages import run_stage
+
+    p = get_params(params, sets)
+    report = run_stage(stage, p)
+    console.print(
+        f"[green]{stage}[/green]: {report.shards} shards ({report.computed} computed, "
+        f"{report.skipped} already done, {report.pruned} stale removed) in {report.seconds:.1f} s"
+    )
+    if report.counters:
+        console.print(json.dumps(report.counters, sort_keys=True))
+
+
+@app.command("caption")
+def caption_cmd(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> None:
+    """Curation 1/4: ground-truth captions plus the MLLM's (paper prompt), per image shard."""
+    _run_curation_stage("caption", params, sets)
+
+
+@app.command("ground")
+def ground_cmd(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> None:
+    """Curation 2/4: referring expressions (spaCy) grounded with the whole caption; VG regions."""
+    _run_curation_stage("ground", params, sets)
+
+
+@app.command("masks")
+def masks_cmd(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> None:
+    """Curation 3/4: SAM masks from the boxes (one image embedding per image, batched prompts)."""
+    _run_curation_stage("masks", params, sets)
+
+
+@app.command("nms")
+def nms_cmd(
+    params: ParamsOpt = Path("params.yaml"),
+    sets: SetOpt = None,
+    metrics: Annotated[Path, typer.Option(help="Curation statistics (JSON).")] = Path(
+        "metrics/curation.json"
+    ),
+) -> None:
+    """Curation 4/4: mask NMS merging texts → the segment-text pairs table, plus statistics."""
+    from use_core.curation.report import curation_report
+
+    _run_curation_stage("nms", params, sets)
+    stats = curation_report(get_params(params, sets), metrics)
+    console.print(
+        f"pairs: {stats['segments']} segments, {stats['texts']} texts, "
+        f"{stats['unique_expressions']} unique expressions; quarantined "
+        f"{stats['quarantine']['total']}"
+    )
+
+
+@app.command("checks")
+def checks_cmd(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> None:
+    """Data-quality gate (great-expectations) on the pairs table; exits 1 when it fails."""
+    from use_core.checks.pairs_suite import run_pairs_checks
+    from use_core.curation.stages import read_stage
+
+    p = get_params(params, sets)
+    report = run_pairs_checks(read_stage("nms", p), p.nms.iou_threshold, p.checks)
+    out = Path(p.checks.report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report.to_json(out)
+    typer.echo(report.to_text())
+    if not report.success:
+        console.print(f"[red]pairs checks failed[/red]; report: {out}")
+        raise typer.Exit(code=1)
 
 
 def main() -> None:  # pragma: no cover - console entry point

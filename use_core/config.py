@@ -76,6 +76,11 @@ class SourceConfig(Strict):
     kind: Literal["image_folder", "coco_captions", "vg_regions"]
     images: str = Field(min_length=1, description="image root, relative to data.root")
     annotations: str | None = Field(None, description="JSON file, relative to data.root")
+    gt_instances: list[str] = Field(
+        default_factory=list,
+        description="COCO files with ground-truth masks of these images (relative to data.root),"
+        " used only to measure the masks stage",
+    )
 
 
 class DataConfig(Strict):
@@ -96,6 +101,7 @@ class DataConfig(Strict):
                 kind="vg_regions",
                 images="shapes/train/images",
                 annotations="shapes/train/regions.json",
+                gt_instances=["shapes/train/instances.json", "shapes/train/parts.json"],
             ),
         ]
     )
@@ -115,6 +121,7 @@ class GroundConfig(Strict):
     box_threshold: float = Field(0.05, ge=0.0, le=1.0)  # paper §4.1
     nms_threshold: float = Field(0.7, ge=0.0, le=1.0)  # paper §4.1 (box NMS)
     max_text_tokens: int = Field(256, ge=8)  # Grounding DINO's text limit
+    max_boxes: int = Field(32, ge=1, description="top-scoring boxes kept per caption after NMS")
     batch_size: int = Field(2, ge=1)
 
 
