@@ -1,0 +1,80 @@
+"""Prefect flows on real task runners (a temporary Prefect server, a real Dask LocalCluster)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from use_core.data.shapes import generate_shapes
+
+
+@pytest.fixture(scope="module")
+def prefect_server():  # type: ignore[no-untyped-def]
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _project(tmp: Path, models_cache: Path, runner: str) -> Path:
+    """A tiny project: 4 shapes images, no captioner, few grounding boxes."""
+    shapes = tmp / "data" / "shapes"
+    if not shapes.exists():
+        generate_shapes(shapes, train_images=4, val_images=1, image_size=160, show_progress=False)
+    params = {
+        "data": {"root": str(tmp / "data"), "shard_size": 2},
+        "caption": {"enabled": False},
+        "ground": {"max_boxes": 2},
+        "models": {"cache_dir": str(models_cache)},
+        "runtime": {"task_runner": runner, "dask_workers": 2},
+    }
+    path = tmp / f"params-{runner}.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def _pairs(tmp: Path) -> pd.DataFrame:
+    from use_core.config import load_params
+    from use_core.curation.stages import read_stage
+
+    p = load_params(tmp / "params-threads.yaml")
+    df = read_stage("nms", p)
+    return (
+        df.drop(columns=["provenance"])
+        .sort_values(["image_id", "segment_id"])
+        .reset_index(drop=True)
+    )
+
+
+@pytest.mark.slow
+def test_curation_flow_dask_equals_threads(
+    tmp_path: Path,
+    models_cache: Path,
+    demo_models: dict,
+    mobile_sam_checkpoint: Path,
+    prefect_server,
+) -> None:
+    from flows.curation import curation_flow_with_runner
+
+    threads = _project(tmp_path, models_cache, "threads")
+    out = curation_flow_with_runner(str(threads), metrics_path=str(tmp_path / "m.json"))
+    assert out["stats"]["segments"] > 0
+    first = _pairs(tmp_path)
+    assert first["texts"].map(len).min() >= 1
+
+    # a second run resumes: every shard is already stored
+    again = curation_flow_with_runner(str(threads), metrics_path=str(tmp_path / "m.json"))
+    assert all(not r["computed"] for rs in again["stages"].values() for r in rs)
+
+    shutil.rmtree(tmp_path / "data" / "curation")
+    shutil.rmtree(tmp_path / "data" / "pairs")
+    dask = _project(tmp_path, models_cache, "dask")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    out = curation_flow_with_runner(str(dask), metrics_path=str(tmp_path / "m2.json"))
+    assert any(r["computed"] for rs in out["stages"].values() for r in rs)
+    pd.testing.assert_frame_equal(first, _pairs(tmp_path))
