@@ -293,6 +293,17 @@ def ground_shard(captions: pd.DataFrame, params: Params, shard_index: int = 0) -
             row = captions.iloc[i]
             counters["captions"] += 1
             counters["dropped_no_phrase"] += result.dropped_no_phrase
+            if result.error:
+                bad.append(
+                    _q(
+                        "ground",
+                        row.image_id,
+                        row.image_path,
+                        "caption_not_grounded",
+                        f"{source}: {result.error}",
+                        fatal=False,
+                    )
+                )
             kept = sorted(result.boxes, key=lambda b: -b.score)[: params.ground.max_boxes]
             for gb in kept:
                 texts, sources = [gb.phrase], [f"{source}/phrase"]
