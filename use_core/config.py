@@ -161,6 +161,10 @@ class TrainConfig(Strict):
     scale_max: float = Field(2.0, gt=0.0)  # paper §4.2
     image_size: int = Field(448, ge=32, description="backbone input side (demo working size)")
     text_templates: list[str] = Field(default_factory=lambda: list(PAPER_TEXT_TEMPLATES))
+    sources: list[str] = Field(
+        default_factory=list,
+        description="train only on texts whose source tag starts with one of these (empty: all)",
+    )
     feature_cache: bool = True
     cache_views: int = Field(2, ge=1, le=64)
     seed: int = 0
