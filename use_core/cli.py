@@ -144,18 +144,17 @@ def nms_cmd(
 @app.command("checks")
 def checks_cmd(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> None:
     """Data-quality gate (great-expectations) on the pairs table; exits 1 when it fails."""
-    from use_core.checks.pairs_suite import run_pairs_checks
-    from use_core.curation.stages import read_stage
+    from use_core.checks.stage import ChecksFailed, run_checks_stage
 
-    p = get_params(params, sets)
-    report = run_pairs_checks(read_stage("nms", p), p.nms.iou_threshold, p.checks)
-    out = Path(p.checks.report)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    report.to_json(out)
-    typer.echo(report.to_text())
-    if not report.success:
-        console.print(f"[red]pairs checks failed[/red]; report: {out}")
-        raise typer.Exit(code=1)
+    try:
+        result = run_checks_stage(get_params(params, sets))
+    except ChecksFailed as exc:
+        typer.echo(str(exc))
+        console.print("[red]pairs checks failed: nothing downstream runs[/red]")
+        raise typer.Exit(code=1) from None
+    console.print(
+        f"[green]pairs checks passed[/green] on {result['rows']} rows; {result['report']}"
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry point
