@@ -1,0 +1,312 @@
+"""Tests of the USE model: backbones, fusion, mask pooling head, text cache, loss, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from use_core.model import (
+    USEModel,
+    area_weights,
+    build_use_model,
+    load_use_model,
+    pooling_weights,
+    save_use_model,
+    segment_text_loss,
+)
+from use_core.model.checkpoint import load_trainable_state
+
+FEATURE_DIM = 16
+GRID = 8
+
+
+def tiny_clip(seed: int = 0) -> torch.nn.Module:
+    import open_clip
+
+    torch.manual_seed(seed)
+    return open_clip.CLIP(
+        embed_dim=32,
+        vision_cfg={"image_size": 64, "layers": 3, "width": 32, "head_width": 16, "patch_size": 16},
+        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    )
+
+
+def tiny_dinov2(seed: int = 0) -> torch.nn.Module:
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    cfg = Dinov2Config(
+        hidden_size=24,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        mlp_ratio=2,
+        patch_size=14,
+        image_size=56,
+    )
+    return Dinov2Model(cfg)
+
+
+@pytest.fixture(scope="module")
+def components() -> dict[str, torch.nn.Module]:
+    return {"clip": tiny_clip(), "dinov2": tiny_dinov2()}
+
+
+def build(encoder: str, components: dict, use_cls: bool = True, seed: int = 0) -> USEModel:
+    return build_use_model(
+        encoder,
+        components,
+        feature_dim=FEATURE_DIM,
+        use_cls=use_cls,
+        dinov2_blocks=2,
+        image_size=56,
+        grid_size=GRID,
+        seed=seed,
+    )
+
+
+def two_masks(h: int, w: int) -> torch.Tensor:
+    masks = torch.zeros(3, h, w, dtype=torch.bool)
+    masks[0, : h // 3, : w // 3] = True
+    masks[1, h // 2 :, w // 2 :] = True
+    masks[2, h // 4 : h // 2, :] = True
+    return masks
+
+
+@pytest.mark.parametrize("encoder", ["clip", "dinov2", "clip+dinov2"])
+@pytest.mark.parametrize("use_cls", [True, False])
+def test_shapes_per_encoder_and_cls(encoder: str, use_cls: bool, components: dict) -> None:
+    model = build(encoder, components, use_cls)
+    n_backbones = len(encoder.split("+"))
+    images = torch.rand(2, 3, 48, 80)
+    frozen = model.frozen_features(images)
+    assert len(frozen.levels) == n_backbones
+    for backbone, levels, cls in zip(model.backbone_list, frozen.levels, frozen.cls, strict=True):
+        assert [t.shape for t in levels] == [(2, c, GRID, GRID) for c in backbone.level_dims]
+        assert cls.shape == (2, backbone.cls_dim)
+    if "clip" in encoder:
+        assert len(model.backbone_list[0].level_dims) == 3  # every CLIP block
+    if "dinov2" in encoder:
+        assert model.backbone_list[-1].level_names == ["block2", "block3"]  # the last 2 of 4
+    feats = model.fuse(frozen)
+    assert feats.patch.shape == (2, GRID * GRID, FEATURE_DIM * n_backbones)
+    if use_cls:
+        assert feats.glob is not None and feats.glob.shape == (2, FEATURE_DIM * n_backbones)
+    else:
+        assert feats.glob is None
+    emb = model.embed_segments(feats, two_masks(48, 80), [0, 1, 1])
+    assert emb.shape == (3, 32) and emb.dtype == torch.float32
+    assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert model.encode_text(["a red circle", "a blue square"]).shape == (2, 32)
+
+
+def test_uint8_and_float_images_agree(components: dict) -> None:
+    model = build("clip", components)
+    u8 = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    a = model.encode_image(u8).patch
+    b = model.encode_image(u8.float() / 255.0).patch
+    assert torch.allclose(a, b)
+
+
+def test_area_weights_hand_computed() -> None:
+    # 4x4 image, 2x2 grid of 2x2-pixel patches; a mask of 3 pixels inside the top-left patch.
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[0, 0, 0] = mask[0, 0, 1] = mask[0, 1, 0] = True
+    area = area_weights(mask, (2, 2))
+    assert torch.allclose(area, torch.tensor([[[0.75, 0.0], [0.0, 0.0]]]))
+    assert torch.allclose(pooling_weights(area), torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+    # Two patches: 3 pixels top-left and 1 pixel bottom-right → weights 3/4 and 1/4 after norm.
+    mask[0, 3, 3] = True
+    area = area_weights(mask, (2, 2))
+    assert torch.allclose(area, torch.tensor([[[0.75, 0.0], [0.0, 0.25]]]))
+    assert torch.allclose(pooling_weights(area), torch.tensor([[0.75, 0.0, 0.0, 0.25]]))
+
+
+def test_area_weights_non_divisible_split_pixels() -> None:
+    # 3x3 image on a 2x2 grid: cells are 1.5 px wide; the centre pixel is split in four.
+    mask = torch.zeros(1, 3, 3, dtype=torch.bool)
+    mask[0, 1, 1] = True
+    area = area_weights(mask, (2, 2))
+    assert torch.allclose(area, torch.full((1, 2, 2), 0.25 / 2.25))
+    full = area_weights(torch.ones(1, 3, 3), (2, 2))
+    assert torch.allclose(full, torch.ones(1, 2, 2))
+
+
+def test_empty_and_tiny_masks_get_defined_embeddings(components: dict) -> None:
+    model = build("clip", components)
+    feats = model.encode_image(torch.rand(1, 3, 64, 64))
+    masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+    masks[1, 5, 7] = True  # one pixel: pools from the single cell holding it
+    weights = model.segment_weights(masks)
+    assert torch.allclose(weights[0], torch.full((GRID * GRID,), 1.0 / (GRID * GRID)))
+    assert weights[1].nonzero().flatten().tolist() == [0]
+    emb = model.embed_segments(feats, masks)
+    assert torch.isfinite(emb).all()
+
+
+def test_head_is_weighted_mean_then_linear(components: dict) -> None:
+    model = build("clip+dinov2", components)
+    images = torch.rand(2, 3, 40, 40)
+    feats = model.encode_image(images)
+    masks = two_masks(40, 40)
+    index = torch.tensor([0, 1, 0])
+    emb = model.embed_segments(feats, masks, index)
+    w = pooling_weights(area_weights(masks, (GRID, GRID)))
+    assert feats.glob is not None
+    expected = []
+    for s in range(3):
+        b = int(index[s])
+        z = torch.cat([feats.patch[b], feats.glob[b].expand(GRID * GRID, -1)], dim=1)
+        pooled = (w[s][:, None] * z).sum(0)
+        expected.append(F.normalize(model.segment_head.proj(pooled), dim=0))
+    assert torch.allclose(emb, torch.stack(expected), atol=1e-5)
+
+
+def test_frozen_backbones_get_no_gradient(components: dict) -> None:
+    model = build("clip+dinov2", components)
+    model.train()
+    assert all(not b.training for b in model.backbones) and not model.text_encoder.training
+    frozen_before = {
+        k: v.clone() for k, v in model.named_parameters() if k.startswith(("backbones", "text"))
+    }
+    trainable_before = {k: v.clone() for k, v in model.trainable_state().items()}
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+    feats = model.encode_image(torch.rand(2, 3, 48, 48))
+    seg = model.embed_segments(feats, two_masks(48, 48), [0, 1, 1])
+    txt = model.encode_text(["a", "b", "c"])
+    loss = segment_text_loss(seg, txt)
+    loss.backward()
+    for name, p in model.named_parameters():
+        if name.startswith(("backbones", "text_encoder")):
+            assert p.grad is None, name
+            assert not p.requires_grad, name
+    assert all(p.grad is not None for p in model.trainable_parameters())
+    opt.step()
+    for k, v in model.named_parameters():
+        if k in frozen_before:
+            assert torch.equal(v, frozen_before[k]), k
+    after = model.trainable_state()
+    assert any(not torch.equal(after[k], trainable_before[k]) for k in after)
+
+
+def test_text_cache_encodes_each_unique_text_once(components: dict) -> None:
+    model = build("clip", components)
+    clip = model.text_encoder.clip
+    prompts: list[int] = []
+    real = clip.encode_text
+
+    def counting(tokens: torch.Tensor, *a, **k):  # the real encoder, counted
+        prompts.append(tokens.shape[0])
+        return real(tokens, *a, **k)
+
+    clip.encode_text = counting
+    try:
+        first = model.encode_text(["red circle", "blue square", "red circle"])
+        second = model.encode_text(["blue square", "green star"])
+    finally:
+        del clip.encode_text
+    templates = len(model.text_encoder.templates)
+    assert templates == 4
+    assert sum(prompts) == 3 * templates  # three unique texts, four templates each
+    assert model.text_encoder.cache_info() == {"hits": 2, "misses": 3, "size": 3}
+    assert torch.equal(first[0], first[2]) and torch.equal(first[1], second[0])
+    # Template average: the mean of the normalised per-template embeddings, normalised.
+    tok = model.text_encoder.tokenizer
+    with torch.no_grad():
+        per = F.normalize(
+            real(tok([t.format("green star") for t in model.text_encoder.templates])), dim=-1
+        )
+    assert torch.allclose(second[1], F.normalize(per.mean(0), dim=0), atol=1e-5)
+
+
+def eq1_direct(s: torch.Tensor, t: torch.Tensor, tau: float) -> torch.Tensor:
+    """Equation (1) written out term by term."""
+    k = s.shape[0]
+    total = torch.tensor(0.0)
+    for i in range(k):
+        num = torch.exp(s[i] @ t[i] * tau)
+        row = sum(torch.exp(s[i] @ t[j] * tau) for j in range(k))
+        col = sum(torch.exp(s[j] @ t[i] * tau) for j in range(k))
+        total = total + torch.log(num / row) + torch.log(num / col)
+    return -total / (2 * k)
+
+
+def test_loss_equals_equation_1() -> None:
+    torch.manual_seed(0)
+    s = F.normalize(torch.randn(5, 8), dim=1)
+    t = F.normalize(torch.randn(5, 8), dim=1)
+    direct = eq1_direct(s, t, 30.0)
+    assert torch.allclose(segment_text_loss(s, t, 30.0), direct, atol=1e-4)
+    # With all texts distinct, the duplicate-aware form is eq. (1) too.
+    assert torch.allclose(segment_text_loss(s, t, 30.0, torch.arange(5)), direct, atol=1e-4)
+
+
+def test_loss_with_duplicate_texts_is_multi_positive() -> None:
+    torch.manual_seed(1)
+    s = F.normalize(torch.randn(3, 8), dim=1)
+    u = F.normalize(torch.randn(2, 8), dim=1)
+    index = torch.tensor([0, 1, 0])  # segments 0 and 2 share text 0
+    logits = 30.0 * s @ u.T
+    s2t = -sum(torch.log_softmax(logits[i], 0)[index[i]] for i in range(3)) / 3
+    col = torch.log_softmax(logits, 0)
+    t2s = -(torch.logsumexp(col[[0, 2], 0], 0) + col[1, 1]) / 2
+    assert torch.allclose(segment_text_loss(s, u, 30.0, index), 0.5 * (s2t + t2s), atol=1e-5)
+
+
+def test_checkpoint_roundtrip_without_pickles(components: dict, tmp_path: Path) -> None:
+    model = build("clip+dinov2", components, seed=3)
+    with torch.no_grad():
+        model.encoder_head.fusions[0].scales.add_(0.5)  # type: ignore[operator]  # differ from any fresh init
+    save_use_model(model, tmp_path, "clip+dinov2", {"note": "test"})
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    assert set(tensors) == set(model.trainable_state())
+    assert not any(k.startswith("backbones") for k in tensors)
+    config = json.loads((tmp_path / "model.json").read_text())
+    assert config["encoder"] == "clip+dinov2" and config["extra"] == {"note": "test"}
+
+    loaded = load_use_model(tmp_path, components)
+    images = torch.rand(1, 3, 40, 40)
+    masks = two_masks(40, 40)
+    with torch.no_grad():
+        a = model.embed_segments(model.encode_image(images), masks)
+        b = loaded.embed_segments(loaded.encode_image(images), masks)
+    assert torch.allclose(a, b)
+
+    other = build("clip", components)
+    with pytest.raises(ValueError, match="backbones"):
+        load_trainable_state(other, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def mobile_sam(mobile_sam_checkpoint: Path) -> torch.nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from mobile_sam import sam_model_registry
+
+        return sam_model_registry["vit_t"](checkpoint=str(mobile_sam_checkpoint)).eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("encoder", ["sam", "clip+sam"])
+def test_sam_encoder_levels(encoder: str, mobile_sam: torch.nn.Module, components: dict) -> None:
+    model = build_use_model(
+        encoder, {**components, "sam": mobile_sam}, feature_dim=FEATURE_DIM, grid_size=GRID
+    )
+    sam = model.backbone_list[-1]
+    assert sam.level_names == ["stage0", "stage1", "stage2", "stage3", "neck"]
+    assert sam.level_dims == [128, 160, 320, 320, 256]
+    images = torch.rand(1, 3, 96, 128)  # not square: SAM pads, the padding is cropped off
+    frozen = model.frozen_features(images)
+    assert [t.shape for t in frozen.levels[-1]] == [(1, c, GRID, GRID) for c in sam.level_dims]
+    assert frozen.cls[-1].shape == (1, 256)
+    raw = sam(images)
+    # 96x128 → 768x1024 in SAM's frame: 3/4 of the rows of each grid are valid.
+    assert [t.shape[-2:] for t in raw.levels] == [(96, 128), (48, 64), (48, 64), (48, 64), (48, 64)]
+    emb = model.embed_segments(model.fuse(frozen), two_masks(96, 128))
+    assert emb.shape == (3, 32)
+    assert all(p.grad is None and not p.requires_grad for p in sam.parameters())

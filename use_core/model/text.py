@@ -1,0 +1,112 @@
+"""Frozen CLIP text encoder with prompt templates and a per-run cache (§4.2).
+
+A text's embedding is the mean of the L2-normalised CLIP embeddings of the text put into each
+template (the paper's four: "a photo of {}", ...), normalised again. Embeddings are cached by
+``(templates, text)``: every unique expression is encoded once per run; ``hits`` / ``misses``
+count cache use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from use_core.config import PAPER_TEXT_TEMPLATES
+from use_core.model.backbones import freeze
+
+Tokenizer = Callable[[list[str]], torch.Tensor]
+
+
+def default_tokenizer(clip_model: nn.Module) -> Tokenizer:
+    """open_clip's BPE tokenizer (shipped in the package) at the model's context length."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer(context_length=int(getattr(clip_model, "context_length", 77)))
+
+
+class TextEncoder(nn.Module):
+    """Encode texts into CLIP's joint space: ``list[str]`` (T) → ``(T, E)`` float32, unit norm.
+
+    Arguments:
+      clip_model: an open_clip ``CLIP`` (frozen here; ``encode_text`` is used).
+      tokenizer: ``list[str] → (N, L) int64`` token ids; default open_clip's BPE tokenizer.
+      templates: prompt templates with one ``{}``; default the paper's four.
+      batch_size: prompts per forward pass.
+    """
+
+    def __init__(
+        self,
+        clip_model: nn.Module,
+        tokenizer: Tokenizer | None = None,
+        templates: Sequence[str] = PAPER_TEXT_TEMPLATES,
+        batch_size: int = 256,
+    ) -> None:
+        super().__init__()
+        if not hasattr(clip_model, "encode_text"):
+            raise TypeError(f"expected an open_clip CLIP model, got {type(clip_model).__name__}")
+        self.clip: Any = freeze(clip_model)
+        self.tokenizer = tokenizer or default_tokenizer(clip_model)
+        self.templates = _check_templates(templates)
+        self.batch_size = batch_size
+        self.cache: dict[tuple[tuple[str, ...], str], torch.Tensor] = {}
+        self.hits = 0
+        self.misses = 0
+        self.eval()
+
+    @property
+    def embed_dim(self) -> int:
+        proj = getattr(self.clip, "text_projection", None)
+        if isinstance(proj, torch.Tensor):
+            return int(proj.shape[-1])
+        return int(self.clip.encode_text(self.tokenizer(["x"]).to(self._device)).shape[-1])
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.clip.parameters()).device
+
+    def train(self, mode: bool = True) -> TextEncoder:
+        """The text encoder stays frozen in eval mode."""
+        super().train(False)
+        return self
+
+    def forward(self, texts: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
+        """Embed ``texts`` (``(T, E)`` float32 on the model's device; cached per text)."""
+        tmpl = tuple(_check_templates(templates) if templates is not None else self.templates)
+        missing: dict[str, None] = {}  # ordered set of texts to encode now
+        for text in texts:
+            if (tmpl, text) in self.cache or text in missing:
+                self.hits += 1
+            else:
+                missing[text] = None
+                self.misses += 1
+        if missing:
+            for text, emb in zip(missing, self._encode(list(missing), tmpl), strict=True):
+                self.cache[(tmpl, text)] = emb
+        if not texts:
+            return torch.zeros((0, self.embed_dim), device=self._device)
+        return torch.stack([self.cache[(tmpl, t)] for t in texts]).to(self._device)
+
+    def cache_info(self) -> dict[str, int]:
+        """``{"hits", "misses", "size"}`` of the text cache."""
+        return {"hits": self.hits, "misses": self.misses, "size": len(self.cache)}
+
+    def _encode(self, texts: list[str], templates: tuple[str, ...]) -> torch.Tensor:
+        prompts = [tpl.format(t) for t in texts for tpl in templates]
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, len(prompts), self.batch_size):
+                tokens = self.tokenizer(prompts[start : start + self.batch_size]).to(self._device)
+                chunks.append(F.normalize(self.clip.encode_text(tokens).float(), dim=-1))
+        per_prompt = torch.cat(chunks).view(len(texts), len(templates), -1)
+        return F.normalize(per_prompt.mean(dim=1), dim=-1).cpu()
+
+
+def _check_templates(templates: Sequence[str] | Any) -> tuple[str, ...]:
+    tmpl = tuple(templates)
+    if not tmpl or any("{}" not in t for t in tmpl):
+        raise ValueError(f"every template must contain '{{}}', got {list(tmpl)}")
+    return tmpl

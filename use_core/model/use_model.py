@@ -1,0 +1,238 @@
+"""The USE model (paper §3.2, Figure 5): frozen backbones → trainable encoder → segment head.
+
+Expensive work once, cheap work many times::
+
+    feats = model.encode_image(images)                 # backbones + LLNs, once per image
+    emb = model.embed_segments(feats, masks, index)    # any number of segments, one matmul each
+    txt = model.encode_text(["a red circle", ...])      # cached per unique text
+
+``encode_image`` = ``fuse(frozen_features(images))``: :meth:`USEModel.frozen_features` runs only
+frozen modules (what the training feature cache stores), :meth:`USEModel.fuse` only trainable
+ones.
+
+Common grid. Backbones have different patch grids (tiny CLIP 14×14, DINOv2 32×32 at 448,
+MobileSAM 128/64 per stage); every level is resampled (``grid_resample``) to one fixed
+``grid_size × grid_size`` grid before its LLN. The default 32 gives ~14 px cells on a 448 image
+and ~18 px on a 560 crop: fine enough for the demo's small shapes, coarse enough to cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from use_core.model.backbones import Backbone, build_backbones, unwrap_component
+from use_core.model.encoder import ImageEncoderHead, resample_grid
+from use_core.model.features import FrozenFeatures, ImageFeatures
+from use_core.model.head import SegmentHead, area_weights, pooling_weights
+from use_core.model.text import TextEncoder
+
+DEFAULT_GRID = 32
+
+
+def images_to_float(images: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` uint8 in [0, 255] or float in [0, 1] → float32 in [0, 1]."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W) RGB, got shape {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        return images.float() / 255.0
+    if not images.is_floating_point():
+        raise ValueError(f"images must be uint8 or float, got {images.dtype}")
+    return images.float()
+
+
+class USEModel(nn.Module):
+    """Universal segment embedder.
+
+    Arguments:
+      backbones: frozen adapters (one entry per backbone, each with its level selection).
+      text_encoder: frozen CLIP text side (defines ``embed_dim``).
+      feature_dim: LLN output width.
+      use_cls: concatenate each backbone's cls embedding to ``z`` (paper Table 5).
+      grid_size: side of the common patch grid.
+      grid_resample: ``bilinear`` | ``nearest`` | ``area`` (how levels reach the grid).
+
+    Only ``encoder_head`` (LLNs and level scales) and ``segment_head`` (the Linear) train;
+    backbones and the text encoder are frozen and always in eval mode.
+    """
+
+    def __init__(
+        self,
+        backbones: Sequence[Backbone],
+        text_encoder: TextEncoder,
+        feature_dim: int = 256,
+        use_cls: bool = True,
+        grid_size: int = DEFAULT_GRID,
+        grid_resample: str = "bilinear",
+    ) -> None:
+        super().__init__()
+        if not backbones:
+            raise ValueError("USEModel needs at least one backbone")
+        self.backbones = nn.ModuleList(backbones)
+        self.backbone_list: list[Backbone] = list(backbones)
+        self.text_encoder = text_encoder
+        self.grid = (int(grid_size), int(grid_size))
+        self.grid_resample = grid_resample
+        self.feature_dim = int(feature_dim)
+        self.use_cls = bool(use_cls)
+        self.encoder_head = ImageEncoderHead(
+            [b.level_dims for b in backbones],
+            [b.cls_dim for b in backbones],
+            feature_dim,
+            use_cls,
+        )
+        self.embed_dim = text_encoder.embed_dim
+        self.segment_head = SegmentHead(self.encoder_head.out_dim, self.embed_dim)
+
+    # -- description ---------------------------------------------------------------------------
+    def spec(self) -> dict[str, Any]:
+        """JSON-able architecture description (stored beside checkpoints, checked on load)."""
+        return {
+            "backbones": [b.spec() for b in self.backbone_list],
+            "feature_dim": self.feature_dim,
+            "embed_dim": int(self.embed_dim),
+            "use_cls": self.use_cls,
+            "grid_size": self.grid[0],
+            "grid_resample": self.grid_resample,
+            "text_templates": list(self.text_encoder.templates),
+        }
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"encoder_head": self.encoder_head, "segment_head": self.segment_head}
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Every trainable tensor by name (``encoder_head.*``, ``segment_head.*``)."""
+        return {
+            f"{prefix}.{k}": v
+            for prefix, module in self.trainable_modules().items()
+            for k, v in module.state_dict().items()
+        }
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.trainable_modules().values() for p in m.parameters()]
+
+    def train(self, mode: bool = True) -> USEModel:
+        """Only the trainable heads change mode; backbones and text encoder stay in eval."""
+        self.training = mode
+        for module in self.trainable_modules().values():
+            module.train(mode)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.segment_head.parameters()).device
+
+    def place(self, device: torch.device | str, half_backbones: bool = False) -> USEModel:
+        """Move everything to ``device``; frozen backbones in fp16 if ``half_backbones``.
+
+        The trainable heads and the text encoder stay float32 (backbone outputs are cast to
+        float32 before the LLNs).
+        """
+        self.to(device)
+        if half_backbones:
+            for backbone in self.backbone_list:
+                backbone.half()
+        return self
+
+    # -- image side ----------------------------------------------------------------------------
+    def frozen_features(self, images: torch.Tensor) -> FrozenFeatures:
+        """Run the frozen backbones (no grad): images → every level on the common grid.
+
+        Arguments:
+          images: ``(B, 3, H, W)`` RGB, uint8 in [0, 255] or float in [0, 1].
+        """
+        x = images_to_float(images)
+        levels, cls = [], []
+        with torch.no_grad():
+            for backbone in self.backbone_list:
+                out = backbone(x)
+                levels.append([resample_grid(t, self.grid, self.grid_resample) for t in out.levels])
+                cls.append(out.cls)
+        return FrozenFeatures(levels=levels, cls=cls)
+
+    def fuse(self, frozen: FrozenFeatures) -> ImageFeatures:
+        """Trainable part of the encoder: LLNs, level scales, cls LLNs → ``z``."""
+        if frozen.grid != self.grid:
+            raise ValueError(f"features on grid {frozen.grid}, model expects {self.grid}")
+        return self.encoder_head(frozen.to(device=self.device, dtype=torch.float32))
+
+    def encode_image(self, images: torch.Tensor) -> ImageFeatures:
+        """``(B, 3, H, W)`` images (uint8 or float in [0, 1]) → :class:`ImageFeatures`."""
+        return self.fuse(self.frozen_features(images))
+
+    # -- segments and texts --------------------------------------------------------------------
+    def segment_weights(self, masks: torch.Tensor) -> torch.Tensor:
+        """``(S, H, W)`` masks in image coordinates → ``(S, G*G)`` pooling weights (sum 1)."""
+        return pooling_weights(area_weights(masks, self.grid))
+
+    def embed_segments(
+        self,
+        features: ImageFeatures,
+        masks: torch.Tensor,
+        image_index: torch.Tensor | Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """Embed ``S`` segments of already encoded images.
+
+        Arguments:
+          features: :meth:`encode_image` output for ``B`` images.
+          masks: ``(S, H, W)`` bool/float masks, in the coordinates of the images given to
+            :meth:`encode_image` (all of one size); or ``(S, G*G)`` precomputed pooling weights.
+          image_index: ``(S,)`` image of each segment in ``0..B-1`` (default all 0).
+        Returns:
+          ``(S, embed_dim)`` float32, unit L2 norm.
+        """
+        masks = masks.to(self.device)
+        weights = masks.float() if masks.ndim == 2 else self.segment_weights(masks)
+        if image_index is None:
+            index = torch.zeros(weights.shape[0], dtype=torch.long, device=self.device)
+        else:
+            index = torch.as_tensor(image_index, dtype=torch.long, device=self.device)
+        return self.segment_head(features, weights, index)
+
+    def encode_text(
+        self, texts: Sequence[str], templates: Sequence[str] | None = None
+    ) -> torch.Tensor:
+        """``T`` texts → ``(T, embed_dim)`` float32 unit-norm (templates averaged, cached)."""
+        return self.text_encoder(list(texts), templates).to(self.device)
+
+
+def build_use_model(
+    encoder: str,
+    components: Mapping[str, Any],
+    feature_dim: int = 256,
+    use_cls: bool = True,
+    dinov2_blocks: int = 6,
+    image_size: int = 448,
+    grid_size: int = DEFAULT_GRID,
+    grid_resample: str = "bilinear",
+    text_templates: Sequence[str] | None = None,
+    tokenizer: Any = None,
+    seed: int | None = 0,
+) -> USEModel:
+    """Build a :class:`USEModel` from loaded components (role → model).
+
+    ``components`` (role → module or registry bundle, as ``load_component`` returns them) holds
+    ``"clip"`` (always: it is the text encoder) and whatever ``encoder``
+    (``"clip" | "dinov2" | "sam" | "clip+dinov2" | "clip+sam"``) names. ``seed`` seeds the
+    initialisation of the trainable parameters (``None``: torch's current RNG).
+    """
+    from use_core.config import PAPER_TEXT_TEMPLATES
+
+    if "clip" not in components:
+        raise KeyError("a 'clip' component is required: it encodes the texts")
+    backbones = build_backbones(
+        encoder, components, {"dinov2_blocks": dinov2_blocks, "image_size": image_size}
+    )
+    clip_model, _ = unwrap_component(components["clip"])
+    tokenizer = tokenizer or getattr(components["clip"], "tokenizer", None)
+    text = TextEncoder(
+        clip_model, tokenizer=tokenizer, templates=text_templates or PAPER_TEXT_TEMPLATES
+    )
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return USEModel(backbones, text, feature_dim, use_cls, grid_size, grid_resample)
+    return USEModel(backbones, text, feature_dim, use_cls, grid_size, grid_resample)
