@@ -157,6 +157,45 @@ def checks_cmd(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> 
     )
 
 
+@app.command("train")
+def train_cmd(
+    params: ParamsOpt = Path("params.yaml"),
+    sets: SetOpt = None,
+    track: Annotated[bool, typer.Option(help="Log the run and the model to MLflow.")] = True,
+) -> None:
+    """Train the USE head on the curated pairs (resumes from the last epoch checkpoint)."""
+    from use_core.train.stage import run_train_stage
+
+    metrics = run_train_stage(get_params(params, sets), track=track)
+    typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    benchmark: Annotated[
+        str, typer.Option(help="Benchmark name (shapes, shapes_parts, ade150...).")
+    ],
+    params: ParamsOpt = Path("params.yaml"),
+    sets: SetOpt = None,
+    track: Annotated[bool, typer.Option(help="Log the evaluation to MLflow.")] = True,
+) -> None:
+    """Zero-shot semantic / part segmentation of the trained model on one benchmark."""
+    from use_core.eval.stage import run_eval_stage
+
+    metrics = run_eval_stage(get_params(params, sets), benchmark, track=track)
+    typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
+
+
+@app.command("register")
+def register_cmd(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> None:
+    """Register the trained model in MLflow; move the champion alias only if strictly better."""
+    from use_core.tracking.register import run_register_stage
+
+    result = run_register_stage(get_params(params, sets))
+    colour = "green" if result["promoted"] else "yellow"
+    console.print(f"[{colour}]{result['name']} v{result['version']}[/{colour}]: {result['reason']}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

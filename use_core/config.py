@@ -184,7 +184,7 @@ class TrainConfig(Strict):
 
 
 class EvalConfig(Strict):
-    benchmarks: list[str] = Field(default_factory=lambda: ["shapes"])
+    benchmarks: list[str] = Field(default_factory=lambda: ["shapes", "shapes_parts"])
     points_per_side: int = Field(16, ge=1, le=128)
     proposals: Literal["sam", "oracle"] = "sam"
     class_templates: list[str] = Field(default_factory=lambda: list(CLASS_TEMPLATES))

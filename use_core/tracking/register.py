@@ -1,0 +1,49 @@
+"""The `register` stage: register the trained model, promote it to champion only if better."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from use_core.config import Params
+from use_core.train.stage import TRAIN_DIR
+
+REGISTER_METRICS = Path("metrics/register.json")
+
+
+def primary_metric(params: Params, metrics_dir: Path = Path("metrics")) -> float:
+    """The configured primary metric (``register.metric``) from the evaluate stages' files."""
+    name = params.register.metric
+    for path in sorted(metrics_dir.glob("eval_*.json")):
+        values = json.loads(path.read_text())
+        if name in values and values[name] is not None:
+            return float(values[name])
+    raise KeyError(f"metric {name!r} not found in {metrics_dir}/eval_*.json: run `use evaluate`")
+
+
+def run_register_stage(
+    params: Params, train_dir: Path = TRAIN_DIR, out: Path = REGISTER_METRICS
+) -> dict[str, Any]:
+    """Register the training run's model; move the alias only when strictly better."""
+    from use_core.tracking.registry import register_and_promote
+    from use_core.tracking.runs import configure
+
+    run = json.loads((train_dir / "run.json").read_text())
+    if not run.get("model_uri"):
+        raise RuntimeError("the training run logged no model (trained with --no-track?)")
+    configure(params)
+    cfg = params.register
+    value = primary_metric(params)
+    promotion = register_and_promote(
+        run["model_uri"], cfg.model_name, cfg.metric, value, cfg.higher_is_better, cfg.alias
+    )
+    result = promotion.to_dict()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    numeric = {
+        "version": int(promotion.version),
+        "promoted": int(promotion.promoted),
+        "value": promotion.value,
+    }
+    out.write_text(json.dumps(numeric, indent=2, sort_keys=True) + "\n")
+    return result
