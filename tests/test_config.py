@@ -5,7 +5,6 @@ import yaml
 
 from use_core.config import ConfigError, Params, flatten, load_params, parse_params
 
-
 # params.yaml may differ from the code defaults only in these documented demo choices
 DEMO_CHOICES = {"train.sources"}
 
@@ -42,13 +41,23 @@ def test_paper_defaults() -> None:
     [
         ({"train": {"lrr": 1}}, "train.lrr: unknown key (allowed here: batch_size"),
         ({"train": {"lr": "fast"}}, "train.lr: Input should be a valid number"),
-        ({"nms": {"iou_threshold": 1.5}}, "nms.iou_threshold: Input should be less than or equal to 1"),
+        (
+            {"nms": {"iou_threshold": 1.5}},
+            "nms.iou_threshold: Input should be less than or equal to 1",
+        ),
         ({"train": {"encoder": "vit"}}, "train.encoder: got 'vit', allowed values: 'clip'"),
-        ({"models": {"profile": "big"}}, "models.profile: got 'big', allowed values: 'demo' or 'paper'"),
-        ({"models": {"overrides": {"clip": {"kind": "open_clip", "name": "x", "foo": 1}}}},
-         "models.overrides.clip.foo: unknown key (allowed here: kind, name, pretrained)"),
-        ({"data": {"sources": [{"name": "a", "kind": "tsv", "images": "i"}]}},
-         "data.sources.0.kind: got 'tsv'"),
+        (
+            {"models": {"profile": "big"}},
+            "models.profile: got 'big', allowed values: 'demo' or 'paper'",
+        ),
+        (
+            {"models": {"overrides": {"clip": {"kind": "open_clip", "name": "x", "foo": 1}}}},
+            "models.overrides.clip.foo: unknown key (allowed here: kind, name, pretrained)",
+        ),
+        (
+            {"data": {"sources": [{"name": "a", "kind": "tsv", "images": "i"}]}},
+            "data.sources.0.kind: got 'tsv'",
+        ),
         ({"train": {"scale_min": 3.0}}, "scale_min must be <= scale_max"),
         ({"train": {"text_templates": ["no slot"]}}, "must contain '{}'"),
         ({"bogus": {}}, "bogus: unknown key (allowed here: caption, checks, data"),

@@ -310,3 +310,43 @@ def test_sam_encoder_levels(encoder: str, mobile_sam: torch.nn.Module, component
     emb = model.embed_segments(model.fuse(frozen), two_masks(96, 128))
     assert emb.shape == (3, 32)
     assert all(p.grad is None and not p.requires_grad for p in sam.parameters())
+
+
+@pytest.mark.slow
+def test_sam_encoder_at_working_resolution(mobile_sam: torch.nn.Module, components: dict) -> None:
+    """TinyViT rebuilt for 448 carries the checkpoint's weights and gives S/16 grids; at the
+    native 1024 the step-by-step forward equals the stock encoder."""
+    from use_core.model.backbones import SamEncoderBackbone
+
+    native = SamEncoderBackbone(mobile_sam)
+    assert native.encoder is mobile_sam.image_encoder and native.input_size == (1024, 1024)
+    small = SamEncoderBackbone(mobile_sam, input_size=448)
+    assert small.spec()["input_size"] == [448, 448]
+    reference = mobile_sam.image_encoder.state_dict()
+    rebuilt = small.encoder.state_dict()
+    assert rebuilt.keys() == reference.keys()
+    assert all(torch.equal(rebuilt[k], reference[k]) for k in reference)
+
+    images = torch.rand(1, 3, 112, 112)
+    x, _ = native._preprocess(images)
+    with torch.no_grad():
+        stock = mobile_sam.image_encoder(x)
+    assert torch.allclose(native(images).levels[-1], stock.float())
+
+    out = small(images)
+    assert [t.shape[-2:] for t in out.levels] == [(56, 56), (28, 28), (28, 28), (28, 28), (28, 28)]
+    # The same image at 448 and 1024 gives related, not identical, neck features.
+    big = F.interpolate(native(images).levels[-1], size=(28, 28), mode="area")
+    assert F.cosine_similarity(out.levels[-1].flatten(), big.flatten(), dim=0) > 0.5
+    assert not torch.allclose(out.levels[-1], big)
+
+    model = build_use_model(
+        "sam",
+        {**components, "sam": mobile_sam},
+        feature_dim=FEATURE_DIM,
+        grid_size=GRID,
+        sam_input_size=448,
+    )
+    assert model.spec()["backbones"][0]["input_size"] == [448, 448]
+    with pytest.raises(ValueError, match="multiple of 16"):
+        SamEncoderBackbone(mobile_sam, input_size=450)

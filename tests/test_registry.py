@@ -122,11 +122,31 @@ def test_clip_round_trip(demo_cfg: ModelsConfig) -> None:
     with torch.no_grad():
         img = bundle.model.encode_image(torch.randn(2, 3, 224, 224))
         txt = bundle.model.encode_text(bundle.tokenizer(["a red circle", "a roof"]))
-    assert img.shape == (2, 64) and txt.shape == (2, 64)
+    dim = demo.TINY_CLIP_CFG["embed_dim"]
+    assert img.shape == (2, dim) and txt.shape == (2, dim)
     big = load_component("clip", demo_cfg, image_size=448)
     assert big.preprocess_cfg["image_size"] == 448
     with torch.no_grad():
-        assert big.model.encode_image(torch.randn(1, 3, 448, 448)).shape == (1, 64)
+        assert big.model.encode_image(torch.randn(1, 3, 448, 448)).shape == (1, dim)
+
+
+def test_demo_clip_text_embeddings_are_distinct(demo_cfg: ModelsConfig) -> None:
+    """The random demo text tower must tell class names apart, also across prompt styles: a
+    head trained on one style is evaluated against class names in another."""
+    from use_core.config import CLASS_TEMPLATES, PAPER_TEXT_TEMPLATES
+    from use_core.model.text import TextEncoder
+
+    bundle = load_component("clip", demo_cfg)
+    colours, shapes = ["red", "green", "blue", "yellow", "pink"], ["circle", "square", "star"]
+    names = [f"{c} {s}" for s in shapes for c in colours]
+    text = TextEncoder(bundle.model, tokenizer=bundle.tokenizer)
+    classes = text(names, CLASS_TEMPLATES)
+    cos = classes @ classes.T
+    off = cos[~torch.eye(len(names), dtype=torch.bool)]
+    assert off.mean() < 0.87 and off.max() < 0.97, (float(off.mean()), float(off.max()))
+    phrases = text([f"the {n}" for n in names], PAPER_TEXT_TEMPLATES)
+    nearest = (phrases @ classes.T).argmax(dim=1)
+    assert nearest.tolist() == list(range(len(names)))
 
 
 def test_clip_architecture_name_plus_checkpoint_file(

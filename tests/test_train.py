@@ -246,6 +246,11 @@ def test_cached_training_never_runs_a_backbone(
         )
         assert calls == []  # second run: features from the cache only
         assert result.text_cache["misses"] == result.text_cache["size"]
+        head_only = small_params(feature_cache=True, epochs=1, use_cls=False, feature_dim=8)
+        train_use_model(
+            head_only, train, val, shapes_small, tmp_path / "r3", {"clip": clip}, **kwargs
+        )
+        assert calls == []  # other head settings: the same frozen features, the same cache
     finally:
         del clip.visual.forward_intermediates
     with pytest.raises(ValueError, match="different run"):

@@ -160,6 +160,9 @@ class TrainConfig(Strict):
     scale_min: float = Field(0.5, gt=0.0)  # paper §4.2
     scale_max: float = Field(2.0, gt=0.0)  # paper §4.2
     image_size: int = Field(448, ge=32, description="backbone input side (demo working size)")
+    sam_input_size: int | None = Field(
+        None, ge=64, le=4096, description="MobileSAM backbone input side (None: its native 1024)"
+    )
     text_templates: list[str] = Field(default_factory=lambda: list(PAPER_TEXT_TEMPLATES))
     sources: list[str] = Field(
         default_factory=list,

@@ -170,7 +170,9 @@ class ShardOutput:
 def caption_shard(shard: Shard, params: Params) -> ShardOutput:
     """Ground-truth captions plus (when enabled) the captioner's, each tagged with its source."""
     root = Path(params.data.root)
-    rows, bad, images = [], [], []
+    rows: list[dict[str, Any]] = []
+    bad: list[QuarantineRecord] = []
+    images: list[np.ndarray] = []
     for item in shard.items:
         try:
             image = _load_image(root / item.image_path, params)

@@ -11,10 +11,11 @@ Contract shared by every adapter (:class:`Backbone`):
 
   - CLIP and DINOv2 resize the whole image (aspect not kept) to their square input side, so
     their patch grid spans the image exactly;
-  - SAM follows ``Sam.preprocess``: resize the longest side to 1024 (``ResizeLongestSide``),
-    normalise with SAM's pixel mean/std, pad bottom/right to 1024×1024; the padded cells are
-    cropped off the feature grids again (rounded up to whole cells, i.e. < 1 cell of padding
-    may remain on non-square images).
+  - SAM follows ``Sam.preprocess``: resize the longest side to its input side ``S`` (1024,
+    the checkpoint's, unless ``input_size`` asks for another multiple of 16; TinyViT is then
+    rebuilt for ``S`` with the same weights), normalise with SAM's pixel mean/std, pad
+    bottom/right to ``S×S``; the padded cells are cropped off the feature grids again (rounded
+    up to whole cells, i.e. < 1 cell of padding may remain on non-square images).
 
 * output: :class:`BackboneOutput` with ``levels`` — one ``(B, C_i, h_i, w_i)`` float32 grid per
   selected level, covering the image — and ``cls`` ``(B, C_cls)`` float32.
@@ -239,6 +240,43 @@ class Dinov2Backbone(Backbone):
         return BackboneOutput(levels=levels, cls=out.pooler_output.float())
 
 
+def tinyvit_at_resolution(encoder: nn.Module, img_size: int) -> nn.Module:
+    """A MobileSAM ``TinyViT`` like ``encoder`` but built for ``img_size`` input, same weights.
+
+    TinyViT bakes its token grid sizes into its blocks (``input_resolution``), not into any
+    parameter, so the encoder's state dict loads strictly into a copy built for another size.
+    The architecture (dims, depths, heads, windows, ratios) is read off ``encoder``'s modules.
+    """
+    from mobile_sam.modeling import TinyViT
+
+    enc: Any = encoder
+    if int(getattr(enc, "img_size", -1)) == img_size:
+        return encoder
+    layers: list[Any] = list(enc.layers)
+    attn_layers = layers[1:]
+    first_block = attn_layers[0].blocks[0]
+    mbconv = layers[0].blocks[0]
+    rebuilt = TinyViT(
+        img_size=img_size,
+        in_chans=int(enc.patch_embed.in_chans),
+        num_classes=int(enc.num_classes),
+        embed_dims=[int(layer.dim) for layer in layers],
+        depths=[int(layer.depth) for layer in layers],
+        num_heads=[int(layers[1].blocks[0].num_heads)]
+        + [int(layer.blocks[0].num_heads) for layer in attn_layers],
+        window_sizes=[int(first_block.window_size)]
+        + [int(layer.blocks[0].window_size) for layer in attn_layers],
+        mlp_ratio=float(enc.mlp_ratio),
+        drop_rate=0.0,
+        drop_path_rate=0.0,
+        mbconv_expand_ratio=mbconv.conv1.c.out_channels / mbconv.conv1.c.in_channels,
+        local_conv_size=int(first_block.local_conv.c.kernel_size[0]),
+    )
+    p = next(encoder.parameters())
+    rebuilt.load_state_dict(encoder.state_dict(), strict=True)
+    return rebuilt.to(device=p.device, dtype=p.dtype)
+
+
 class SamEncoderBackbone(Backbone):
     """MobileSAM's TinyViT image encoder: its stage outputs and its neck as levels.
 
@@ -246,26 +284,36 @@ class SamEncoderBackbone(Backbone):
       sam: a ``Sam`` (its ``image_encoder``, ``pixel_mean``/``pixel_std`` are used) or the
         TinyViT encoder itself (SAM's default mean/std then apply).
       levels: names among ``"stage0".."stage{n-1}"`` and ``"neck"`` (default: all).
+      input_size: side ``S`` the encoder runs at (multiple of 16; default the checkpoint's
+        1024). Another side rebuilds TinyViT for it with the same weights
+        (:func:`tinyvit_at_resolution`): 448 costs ~1/8 of 1024 on a CPU.
 
     TinyViT stage outputs are flattened ``(B, N, C)`` tokens; each is reshaped to its square grid
-    (128×128 for stage 0, 64×64 after, on the 1024 input). The global token is the spatial mean
-    of the neck output over the valid (unpadded) cells.
+    (``S/8`` for stage 0, ``S/16`` after: 128 / 64 at 1024, 56 / 28 at 448). The neck runs on
+    the last stage's grid. The global token is the spatial mean of the neck output over the
+    valid (unpadded) cells.
     """
 
     kind = "sam"
 
-    def __init__(self, sam: nn.Module, levels: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, sam: nn.Module, levels: Sequence[str] | None = None, input_size: int | None = None
+    ) -> None:
         super().__init__()
         encoder: Any = getattr(sam, "image_encoder", sam)
         if not hasattr(encoder, "layers") or not hasattr(encoder, "neck"):
             raise TypeError(f"expected a MobileSAM TinyViT encoder, got {type(encoder).__name__}")
-        self.encoder: Any = freeze(encoder)
+        native = int(getattr(encoder, "img_size", 1024))
+        side = native if input_size is None else int(input_size)
+        if side < 64 or side % 16:
+            raise ValueError(f"SAM input_size must be a multiple of 16 and >= 64, got {side}")
+        self.encoder: Any = freeze(tinyvit_at_resolution(encoder, side))
         mean = getattr(sam, "pixel_mean", None)
         std = getattr(sam, "pixel_std", None)
         self.mean_255 = tuple(mean.flatten().tolist()) if mean is not None else SAM_MEAN_255
         self.std_255 = tuple(std.flatten().tolist()) if std is not None else SAM_STD_255
-        self.img_size = int(getattr(encoder, "img_size", 1024))
-        self.input_size = (self.img_size, self.img_size)
+        self.img_size = side
+        self.input_size = (side, side)
         available = [f"stage{i}" for i in range(len(encoder.layers))] + ["neck"]
         self.level_names = list(available if levels is None else levels)
         unknown = [n for n in self.level_names if n not in available]
@@ -289,33 +337,38 @@ class SamEncoderBackbone(Backbone):
         """Resize longest side to ``img_size``, normalise, pad; returns the batch and (h', w')."""
         from mobile_sam.utils.transforms import ResizeLongestSide
 
-        h, w = images.shape[-2:]
         resized = ResizeLongestSide(self.img_size).apply_image_torch(images * 255.0)
         rh, rw = resized.shape[-2:]
         x = _normalise(resized, self.mean_255, self.std_255)
         x = F.pad(x, (0, self.img_size - rw, 0, self.img_size - rh))
         return x, (rh, rw)
 
+    def _encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """TinyViT's ``forward_features`` step by step (it hard-codes the 1024 grid before the
+        neck): stage outputs ``(B, N_i, C_i)`` tokens and the neck ``(B, 256, g, g)``."""
+        out: dict[str, torch.Tensor] = {}
+        t = self.encoder.patch_embed(x)
+        for i, layer in enumerate(self.encoder.layers):
+            t = layer(t)
+            out[f"stage{i}"] = t
+        out["neck"] = self.encoder.neck(self._square(t).to(t.dtype))
+        return out
+
+    @staticmethod
+    def _square(tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, N, C)`` tokens of a square grid → ``(B, C, g, g)``."""
+        b, n, c = tokens.shape
+        g = math.isqrt(n)
+        if g * g != n:
+            raise RuntimeError(f"SAM stage output has {n} tokens, not a square grid")
+        return tokens.reshape(b, g, g, c).permute(0, 3, 1, 2)
+
     def forward(self, images: torch.Tensor) -> BackboneOutput:
         _check_images(images)
         dtype, device = _module_dtype_device(self.encoder)
         x, (rh, rw) = self._preprocess(images.to(device=device, dtype=torch.float32))
-        captured: dict[str, torch.Tensor] = {}
-        hooks = []
-        for i, layer in enumerate(self.encoder.layers):
-            name = f"stage{i}"
-            if name in self.level_names:
-                hooks.append(
-                    layer.register_forward_hook(
-                        lambda _m, _a, out, name=name: captured.__setitem__(name, out)
-                    )
-                )
-        try:
-            with torch.no_grad():
-                captured["neck"] = self.encoder(x.to(dtype))
-        finally:
-            for h in hooks:
-                h.remove()
+        with torch.no_grad():
+            captured = self._encode(x.to(dtype))
         levels = [self._valid_grid(captured[n], rh, rw) for n in self.level_names]
         neck = self._valid_grid(captured["neck"], rh, rw)
         return BackboneOutput(levels=levels, cls=neck.mean(dim=(2, 3)))
@@ -323,11 +376,7 @@ class SamEncoderBackbone(Backbone):
     def _valid_grid(self, feat: torch.Tensor, rh: int, rw: int) -> torch.Tensor:
         """``(B, N, C)`` tokens or ``(B, C, g, g)`` map → ``(B, C, gh, gw)`` unpadded, float32."""
         if feat.ndim == 3:
-            b, n, c = feat.shape
-            g = math.isqrt(n)
-            if g * g != n:
-                raise RuntimeError(f"SAM stage output has {n} tokens, not a square grid")
-            feat = feat.reshape(b, g, g, c).permute(0, 3, 1, 2)
+            feat = self._square(feat)
         g = feat.shape[-1]
         gh = math.ceil(rh * g / self.img_size)
         gw = math.ceil(rw * g / self.img_size)
@@ -368,7 +417,10 @@ def _build_dinov2(component: Any, options: Mapping[str, Any]) -> Backbone:
 
 def _build_sam(component: Any, options: Mapping[str, Any]) -> Backbone:
     model, _ = unwrap_component(component)
-    return SamEncoderBackbone(model, levels=options.get("sam_levels"))
+    size = options.get("sam_input_size")
+    return SamEncoderBackbone(
+        model, levels=options.get("sam_levels"), input_size=None if size is None else int(size)
+    )
 
 
 # name → builder; the encoder string "clip+sam" names two entries.
@@ -396,8 +448,9 @@ def build_backbones(
     ``components`` maps role → module or registry bundle (``ClipBundle``/``DinoBundle`` also
     give their ``preprocess_cfg`` mean/std).
 
-    ``options`` may hold ``dinov2_blocks``, ``image_size`` (DINOv2 input side), ``clip_blocks``
-    and ``sam_levels``. For ``"sam"`` the component may be a ``Sam`` or its image encoder.
+    ``options`` may hold ``dinov2_blocks``, ``image_size`` (DINOv2 input side), ``clip_blocks``,
+    ``sam_levels`` and ``sam_input_size`` (TinyViT input side; ``None``: the checkpoint's).
+    For ``"sam"`` the component may be a ``Sam`` or its image encoder.
     """
     opts = dict(options or {})
     out = []

@@ -113,6 +113,7 @@ def load_use_model(
     config = read_use_config(ckpt_dir)
     spec = config["spec"]
     dinov2 = [b for b in spec["backbones"] if b["kind"] == "dinov2"]
+    sam = [b for b in spec["backbones"] if b["kind"] == "sam"]
     model = build_use_model(
         config["encoder"],
         components,
@@ -120,6 +121,7 @@ def load_use_model(
         use_cls=spec["use_cls"],
         dinov2_blocks=len(dinov2[0]["levels"]) if dinov2 else 6,
         image_size=int(dinov2[0]["input_size"][0]) if dinov2 else 448,
+        sam_input_size=int(sam[0]["input_size"][0]) if sam else None,
         grid_size=int(spec.get("grid_size", DEFAULT_GRID)),
         grid_resample=spec["grid_resample"],
         text_templates=spec["text_templates"],

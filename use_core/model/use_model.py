@@ -11,9 +11,10 @@ frozen modules (what the training feature cache stores), :meth:`USEModel.fuse` o
 ones.
 
 Common grid. Backbones have different patch grids (tiny CLIP 14×14, DINOv2 32×32 at 448,
-MobileSAM 128/64 per stage); every level is resampled (``grid_resample``) to one fixed
-``grid_size × grid_size`` grid before its LLN. The default 32 gives ~14 px cells on a 448 image
-and ~18 px on a 560 crop: fine enough for the demo's small shapes, coarse enough to cache.
+MobileSAM 128/64 per stage at 1024, 56/28 at 448); every level is resampled
+(``grid_resample``) to one fixed ``grid_size × grid_size`` grid before its LLN. The default 32
+gives ~14 px cells on a 448 image and ~18 px on a 560 crop: fine enough for the demo's small
+shapes, coarse enough to cache.
 """
 
 from __future__ import annotations
@@ -206,6 +207,7 @@ def build_use_model(
     use_cls: bool = True,
     dinov2_blocks: int = 6,
     image_size: int = 448,
+    sam_input_size: int | None = None,
     grid_size: int = DEFAULT_GRID,
     grid_resample: str = "bilinear",
     text_templates: Sequence[str] | None = None,
@@ -216,16 +218,20 @@ def build_use_model(
 
     ``components`` (role → module or registry bundle, as ``load_component`` returns them) holds
     ``"clip"`` (always: it is the text encoder) and whatever ``encoder``
-    (``"clip" | "dinov2" | "sam" | "clip+dinov2" | "clip+sam"``) names. ``seed`` seeds the
-    initialisation of the trainable parameters (``None``: torch's current RNG).
+    (``"clip" | "dinov2" | "sam" | "clip+dinov2" | "clip+sam"``) names. ``image_size`` is
+    DINOv2's input side, ``sam_input_size`` MobileSAM's (``None``: the checkpoint's 1024).
+    ``seed`` seeds the initialisation of the trainable parameters (``None``: torch's RNG).
     """
     from use_core.config import PAPER_TEXT_TEMPLATES
 
     if "clip" not in components:
         raise KeyError("a 'clip' component is required: it encodes the texts")
-    backbones = build_backbones(
-        encoder, components, {"dinov2_blocks": dinov2_blocks, "image_size": image_size}
-    )
+    options = {
+        "dinov2_blocks": dinov2_blocks,
+        "image_size": image_size,
+        "sam_input_size": sam_input_size,
+    }
+    backbones = build_backbones(encoder, components, options)
     clip_model, _ = unwrap_component(components["clip"])
     tokenizer = tokenizer or getattr(components["clip"], "tokenizer", None)
     text = TextEncoder(

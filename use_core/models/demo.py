@@ -38,20 +38,28 @@ from use_core.models.wordlist import DIGITS_AND_PUNCT, english_corpus
 
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = "3"  # bump when a builder changes what it writes
+DEMO_VERSION = "4"  # bump when a builder changes what it writes
 MANIFEST = "demo_manifest.json"
 DEMO_ROLES = ("clip", "dinov2", "grounding", "captioner")
 
 # Model configs as data (open_clip's model_configs layout, and transformers config kwargs).
+#
+# The tiny CLIP's text tower is random, so the only thing that matters is how distinct and how
+# template-stable its embeddings are. A random 64-wide, 2-layer tower maps every prompt to
+# nearly the same vector (mean cosine 0.89 between the 60 shapes class names, 0.98 for "red
+# circle" vs "blue circle"; a region phrase's nearest class name is its own in only 26% of
+# cases), and a trained head cannot beat its text side. One 512-wide layer with 32 heads and a
+# 512-d joint space mixes fewer, sharper token averages: mean cosine 0.81, and 98% of region
+# phrases land nearest their own class name (the seed matters: 65-98% over seeds 0-3).
 TINY_CLIP_CFG: dict[str, Any] = {
-    "embed_dim": 64,
+    "embed_dim": 512,
     "vision_cfg": {"image_size": 224, "layers": 4, "width": 64, "head_width": 32, "patch_size": 16},
     "text_cfg": {
         "context_length": 77,
         "vocab_size": 49408,
-        "width": 64,
-        "heads": 2,
-        "layers": 2,
+        "width": 512,
+        "heads": 32,
+        "layers": 1,
     },
 }
 # OpenAI CLIP's normalisation (what the paper's ViT-L-14-336 "openai" weights expect).
@@ -170,7 +178,7 @@ def build_llama_style_tokenizer(max_length: int = 2048) -> Any:
 
 
 def build_tiny_clip(out_dir: Path, seed: int = 0) -> Path:
-    """Tiny open_clip ``CLIP`` (ViT 64-wide, 4 layers, patch 16 @224; text 64-wide, 2 layers).
+    """Tiny open_clip ``CLIP`` (ViT 64-wide, 4 layers, patch 16 @224; text 512-wide, 1 layer).
 
     Writes ``open_clip_config.json`` (``{"model_cfg", "preprocess_cfg"}``, the hub layout) and
     ``open_clip_model.safetensors`` into ``out_dir``; returns ``out_dir``. open_clip's own BPE

@@ -155,6 +155,7 @@ def train_use_model(
     class_names: Sequence[str] | None = None,
     device: str | torch.device | None = None,
     grid_size: int = DEFAULT_GRID,
+    sam_input_size: int | None = None,
     cache_dir: str | Path | None = None,
     resume: bool = True,
     show_progress: bool = True,
@@ -174,6 +175,7 @@ def train_use_model(
         needs), modules or registry bundles.
       logger: receives per-step and per-epoch metrics (default: ``out_dir/steps.jsonl``).
       grid_size: side of the common patch grid.
+      sam_input_size: MobileSAM's input side (``None``: ``params.train.sam_input_size``).
       cache_dir: where the feature cache lives (default ``out_dir/feature_cache``).
       resume: False deletes existing checkpoints in ``out_dir`` and starts over.
     """
@@ -197,6 +199,7 @@ def train_use_model(
         use_cls=cfg.use_cls,
         dinov2_blocks=cfg.dinov2_blocks,
         image_size=cfg.image_size,
+        sam_input_size=sam_input_size if sam_input_size is not None else cfg.sam_input_size,
         grid_size=grid_size,
         grid_resample=cfg.grid_resample,
         text_templates=cfg.text_templates,
@@ -247,7 +250,7 @@ def train_use_model(
         logger = jsonl
 
     cache_root = Path(cache_dir) if cache_dir is not None else out / "feature_cache"
-    spec_json = model.spec()
+    spec_json = frozen_spec(model.spec())
     cached = None
     live_views = None
     if cfg.feature_cache:
@@ -379,6 +382,15 @@ def train_use_model(
         wall_time_s=wall,
         text_cache=model.text_encoder.cache_info(),
     )
+
+
+def frozen_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a model spec that decides the frozen features (the feature cache key).
+
+    Backbones (kinds, levels, input sizes) and the common grid; not the trainable head's
+    ``feature_dim`` / ``use_cls`` / text side, so head settings reuse one cache.
+    """
+    return {k: spec[k] for k in ("backbones", "grid_size", "grid_resample")}
 
 
 def _validation_views(
