@@ -48,6 +48,7 @@ from use_core.eval.reports import (
 from use_core.infer.classify import DEFAULT_LOGIT_SCALE, class_probabilities, class_text_embeddings
 from use_core.infer.embed import embed_masks
 from use_core.infer.parts import part_predictions, part_vocabulary
+from use_core.infer.proposal_store import ProposalStore, proposal_key
 from use_core.infer.proposals import generate_proposals, label_map_regions
 from use_core.infer.semantic import semantic_map
 
@@ -109,6 +110,43 @@ def _oracle_masks(
     return masks
 
 
+def sam_proposal_masks(
+    sam: Any,
+    image: np.ndarray,
+    image_path: Path,
+    points_per_side: int,
+    nms_iou: float,
+    store: ProposalStore | None = None,
+    settings: Mapping[str, Any] | None = None,
+    **proposal_kwargs: Any,
+) -> tuple[np.ndarray, bool]:
+    """SAM grid proposals of one image, read from / written to ``store`` when given.
+
+    ``settings`` identify the SAM model and any setting not in the arguments (part of the key).
+    Returns ``(masks (N, H, W) bool, from_cache)``.
+    """
+    key = None
+    if store is not None:
+        key = proposal_key(
+            image_path,
+            {
+                **(settings or {}),
+                **proposal_kwargs,
+                "points_per_side": points_per_side,
+                "mask_nms_iou": nms_iou,
+            },
+        )
+        cached = store.get(key)
+        if cached is not None and cached.masks.shape[1:] == image.shape[:2]:
+            return cached.masks, True
+    if sam is None:
+        raise ValueError("SAM proposals are not cached for this image and no SAM model was given")
+    props = generate_proposals(sam, image, points_per_side, mask_nms_iou=nms_iou, **proposal_kwargs)
+    if store is not None and key is not None:
+        store.put(key, props)
+    return props.masks, False
+
+
 def evaluate_benchmark(
     name: str,
     root: str | Path,
@@ -120,6 +158,8 @@ def evaluate_benchmark(
     logit_scale: float = DEFAULT_LOGIT_SCALE,
     max_pixels: int = MAX_IMAGE_PIXELS,
     show_progress: bool = True,
+    proposal_store: ProposalStore | None = None,
+    proposal_settings: Mapping[str, Any] | None = None,
     **proposal_kwargs: Any,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on benchmark ``name`` stored under ``root`` and write the reports.
@@ -129,6 +169,8 @@ def evaluate_benchmark(
       eval_cfg: points per side, proposal mode, class templates, max images, overlays.
       nms_iou: mask NMS IoU of the SAM proposals (``nms.iou_threshold``).
       logit_scale: softmax temperature (``train.logit_scale``).
+      proposal_store: a :class:`ProposalStore` (the ``proposals`` stage's) read before running
+        SAM and filled with what is computed; ``proposal_settings`` go into its keys.
       proposal_kwargs: extra arguments of :func:`generate_proposals` (thresholds...).
     Returns:
       the metrics dict written to ``metrics.json``: ``benchmark``, ``task``, ``proposals``,
@@ -140,7 +182,7 @@ def evaluate_benchmark(
     out.mkdir(parents=True, exist_ok=True)
     bench = load_benchmark(name, root)
     mode = eval_cfg.proposals
-    if mode == "sam" and sam is None:
+    if mode == "sam" and sam is None and proposal_store is None:
         raise ValueError("proposals mode 'sam' needs a SAM model")
     samples = bench.samples[: eval_cfg.max_images] if eval_cfg.max_images else bench.samples
     if not samples:
@@ -154,20 +196,24 @@ def evaluate_benchmark(
     meter = SemanticMeter(bench.num_classes, bench.ignore_index) if not is_part else None
     predictions: list[dict[str, Any]] = []
     overlay_dir = out / "overlays"
-    n_segments = 0
+    n_segments = cached = 0
     for i, sample in enumerate(tqdm(samples, desc=f"eval {name}", disable=not show_progress)):
         image = load_rgb(sample.image_path, max_pixels)
         hw = (int(image.shape[0]), int(image.shape[1]))
         if mode == "oracle":
             masks = _oracle_masks(bench, sample, hw, shapes)
         else:
-            masks = generate_proposals(
+            masks, hit = sam_proposal_masks(
                 sam,
                 image,
+                sample.image_path,
                 eval_cfg.points_per_side,
-                mask_nms_iou=nms_iou,
+                nms_iou,
+                proposal_store,
+                proposal_settings,
                 **proposal_kwargs,
-            ).masks
+            )
+            cached += int(hit)
         n_segments += int(masks.shape[0])
         emb = embed_masks(model, image, masks, whole_image=True)
         probs = class_probabilities(emb, text, logit_scale)
@@ -196,6 +242,7 @@ def evaluate_benchmark(
         "proposals": mode,
         "images": len(samples),
         "segments": n_segments,
+        "cached_proposals": cached,
     }
     if meter is not None:
         result = meter.compute()

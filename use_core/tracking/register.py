@@ -15,11 +15,11 @@ REGISTER_METRICS = Path("metrics/register.json")
 def primary_metric(params: Params, metrics_dir: Path = Path("metrics")) -> float:
     """The configured primary metric (``register.metric``) from the evaluate stages' files."""
     name = params.register.metric
-    for path in sorted(metrics_dir.glob("eval_*.json")):
+    for path in sorted(metrics_dir.glob("eval/*.json")):
         values = json.loads(path.read_text())
         if name in values and values[name] is not None:
             return float(values[name])
-    raise KeyError(f"metric {name!r} not found in {metrics_dir}/eval_*.json: run `use evaluate`")
+    raise KeyError(f"metric {name!r} not found in {metrics_dir}/eval/*.json: run `use evaluate`")
 
 
 def run_register_stage(
