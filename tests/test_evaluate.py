@@ -105,3 +105,93 @@ def test_sam_proposals_mode_runs(
     )
     assert metrics["proposals"] == "sam" and metrics["images"] == 1 and metrics["segments"] > 0
     assert 0.0 <= metrics["mIoU"] <= 100.0
+
+
+@pytest.mark.slow
+def test_proposal_store_is_shared_and_gives_the_same_metrics(
+    corpus: Path, model: USEModel, tmp_path: Path, mobile_sam_checkpoint: Path
+) -> None:
+    from use_core.config import ModelSpec
+    from use_core.infer.proposal_store import ProposalStore
+    from use_core.models.registry import load_spec
+
+    spec = ModelSpec(kind="mobile_sam", name="vit_t", pretrained=str(mobile_sam_checkpoint))
+    sam = load_spec("sam", spec, "cpu")
+    cfg = EvalConfig(proposals="sam", points_per_side=6, max_images=2, num_overlays=0)
+    store = ProposalStore(tmp_path / "store")
+    settings = {"sam": spec.model_dump(mode="json")}
+    direct = evaluate_benchmark(
+        "shapes", corpus, model, sam, cfg, 0.7, tmp_path / "a", show_progress=False
+    )
+    first = evaluate_benchmark(
+        "shapes",
+        corpus,
+        model,
+        sam,
+        cfg,
+        0.7,
+        tmp_path / "b",
+        show_progress=False,
+        proposal_store=store,
+        proposal_settings=settings,
+    )
+    assert first["cached_proposals"] == 0 and len(store) == 2
+    # a second benchmark on the same images reads them back without SAM
+    parts = evaluate_benchmark(
+        "shapes_parts",
+        corpus,
+        model,
+        None,
+        cfg,
+        0.7,
+        tmp_path / "c",
+        show_progress=False,
+        proposal_store=ProposalStore(tmp_path / "store", writable=False),
+        proposal_settings=settings,
+    )
+    assert parts["cached_proposals"] == 2
+    again = evaluate_benchmark(
+        "shapes",
+        corpus,
+        model,
+        None,
+        cfg,
+        0.7,
+        tmp_path / "d",
+        show_progress=False,
+        proposal_store=store,
+        proposal_settings=settings,
+    )
+    assert again["cached_proposals"] == 2 and again["segments"] == direct["segments"]
+    assert again["mIoU"] == pytest.approx(direct["mIoU"]) == pytest.approx(first["mIoU"])
+    # another setting is another key: nothing stale is read, and a read-only store stays as is
+    with pytest.raises(ValueError, match="not cached"):
+        evaluate_benchmark(
+            "shapes",
+            corpus,
+            model,
+            None,
+            cfg,
+            0.6,
+            tmp_path / "e",
+            show_progress=False,
+            proposal_store=ProposalStore(tmp_path / "store", writable=False),
+            proposal_settings=settings,
+        )
+    assert len(store) == 2
+    # a damaged entry is recomputed, never trusted
+    victim = next((tmp_path / "store").glob("*/*.npz"))
+    victim.write_bytes(b"not an npz")
+    healed = evaluate_benchmark(
+        "shapes",
+        corpus,
+        model,
+        sam,
+        cfg,
+        0.7,
+        tmp_path / "f",
+        show_progress=False,
+        proposal_store=store,
+        proposal_settings=settings,
+    )
+    assert healed["cached_proposals"] == 1 and healed["mIoU"] == pytest.approx(direct["mIoU"])
