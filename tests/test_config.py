@@ -8,6 +8,7 @@ from use_core.config import ConfigError, Params, flatten, load_params, parse_par
 # params.yaml may differ from the code defaults only in these documented demo choices
 # Demo-profile choices that differ from the paper's defaults (each explained in params.yaml).
 DEMO_CHOICES = {
+    "ground.max_boxes",
     "train.sources",
     "train.epochs",
     "train.batch_size",
