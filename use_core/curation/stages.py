@@ -447,10 +447,32 @@ def nms_shard(masks: pd.DataFrame, params: Params, provenance: str = "") -> Shar
     from use_core.data.rle import decode_rles, rle_from_string
 
     rows: list[dict[str, Any]] = []
-    for _, group in masks.groupby("image_id", sort=True):
+    bad: list[QuarantineRecord] = []
+    for image_id, group in masks.groupby("image_id", sort=True):
         group = group.sort_values("segment_id", kind="stable")
         h, w = int(group.iloc[0].height), int(group.iloc[0].width)
-        arr = decode_rles([rle_from_string(c, h, w) for c in group["rle"]], (h, w))
+        rles, keep = [], []
+        for pos, (seg, counts, texts) in enumerate(
+            zip(group["segment_id"], group["rle"], group["texts"], strict=True)
+        ):
+            try:  # a row whose mask does not decode to the image size is set aside, not fatal
+                rles.append(rle_from_string(counts, h, w))
+                keep.append(pos)
+            except ValueError as exc:
+                bad.append(
+                    _q(
+                        "nms",
+                        str(image_id),
+                        group.iloc[0].image_path,
+                        "bad_rle",
+                        f"segment_id {int(seg)} ({list(texts)[:1]!r}): {exc}",
+                        fatal=False,
+                    )
+                )
+        if not keep:
+            continue
+        group = group.iloc[keep]
+        arr = decode_rles(rles, (h, w))
         scores = group["stability_score"].to_numpy(dtype=np.float64)
         groups = mask_nms(arr, scores, params.nms.iou_threshold)
         merged = merge_texts(groups, list(group["texts"]), list(group["sources"]))
@@ -472,7 +494,9 @@ def nms_shard(masks: pd.DataFrame, params: Params, provenance: str = "") -> Shar
     frame = pd.DataFrame(rows, columns=PAIRS_SCHEMA.names)
     pairs_before = int(sum(len(t) for t in masks["texts"])) if len(masks) else 0
     return ShardOutput(
-        frame, [], {"pairs_before_nms": pairs_before, "segments_before_nms": len(masks)}
+        frame,
+        bad,
+        {"pairs_before_nms": pairs_before, "segments_before_nms": len(masks), "bad_rle": len(bad)},
     )
 
 

@@ -72,6 +72,10 @@ class PairsSchemaError(ValueError):
     """A pairs frame that does not have the structure of :data:`PAIRS_SCHEMA`."""
 
 
+class CorruptShardError(RuntimeError):
+    """A shard file that exists but is not readable (the message names the file)."""
+
+
 class StoreLockedError(RuntimeError):
     """The store is locked by another run (the message names the holder's pid)."""
 
@@ -210,13 +214,29 @@ class ShardStore:
         atomic_write_parquet(self._to_table(df), path)
         return path
 
+    def _read_table(self, key: str) -> pa.Table:
+        path = self._path(key)
+        try:
+            return pq.read_table(path, schema=self.schema)
+        except FileNotFoundError:
+            raise
+        except (OSError, pa.ArrowException, ValueError) as exc:
+            raise CorruptShardError(
+                f"shard {path} cannot be read ({type(exc).__name__}: {exc}); delete it and "
+                f"re-run the {self.stage!r} stage to recompute it"
+            ) from exc
+
     def read(self, key: str) -> pd.DataFrame:
-        """One shard as a frame (list columns as Python lists)."""
-        return _from_arrow(pq.read_table(self._path(key), schema=self.schema))
+        """One shard as a frame (list columns as Python lists).
+
+        Raises :class:`CorruptShardError` naming the file when it is not readable Parquet of
+        this store's schema.
+        """
+        return _from_arrow(self._read_table(key))
 
     def read_all(self) -> pd.DataFrame:
         """All complete shards concatenated, sorted by ``sort_by``, index reset."""
-        tables = [pq.read_table(self._path(k), schema=self.schema) for k in self.keys()]
+        tables = [self._read_table(k) for k in self.keys()]
         table = pa.concat_tables(tables) if tables else self.schema.empty_table()
         df = _from_arrow(table)
         if len(df) and self._sort_by:

@@ -376,7 +376,8 @@ def iter_source(
       max_pixels: decompression-bomb limit used when reading image headers.
       min_image_side: images whose height or width (px) is below this are ``image_too_small``.
     Raises:
-      UnsafePathError: ``src.images`` or ``src.annotations`` escape ``data_root``.
+      UnsafePathError: ``src.images``, ``src.annotations`` or a ``src.gt_instances`` file
+        escape ``data_root``.
       SourceError: the annotation file is missing or not in the expected format.
     Records come in a deterministic order (file order of the annotations, sorted walk for
     folders). Records with a fatal problem found before the file check are yielded as they are.
@@ -384,6 +385,8 @@ def iter_source(
     resolve_inside(data_root, src.images)
     if src.annotations:
         resolve_inside(data_root, src.annotations)
+    for rel in src.gt_instances:  # read later (masks quality): checked here, before any stage
+        resolve_inside(data_root, rel)
     for rec in _READERS[src.kind](src, data_root):
         if rec.usable:
             _finish_record(rec, data_root, max_pixels, min_image_side)

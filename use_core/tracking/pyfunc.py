@@ -211,6 +211,10 @@ def portable_params(params: Params) -> dict[str, Any]:
     directory when inside it (else the default, overridable with ``USE_MODELS_CACHE``)."""
     out = params.model_copy(deep=True)
     out.data.root = "data"
+    # not used when serving, and may name local files: back to the (relative) defaults
+    defaults = Params()
+    out.checks.report = defaults.checks.report
+    out.runtime.tracking_uri = defaults.runtime.tracking_uri
     cache = Path(out.models.cache_dir)
     if cache.is_absolute():
         try:
