@@ -105,12 +105,6 @@ def test_sam_loader_refuses_a_pickle_bomb(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="models/registry.py load_sam relies on torch.load's default (the segment-anything "
-    "builders call torch.load(f)); TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 turns the default off. "
-    "Fix: build with checkpoint=None, then load_state_dict(torch.load(path, weights_only=True))",
-)
 def test_sam_loader_refuses_a_pickle_bomb_whatever_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -363,13 +357,6 @@ def test_train_stage_params_and_model_config_hold_no_absolute_path(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tracking/runs.py: safe_params leaves an absolute sqlite:////abs/mlflow.db URI as is "
-    "(its regex skips a path preceded by '/'), and MLflow's automatic mlflow.source.name tag is "
-    "the absolute path of the entry script; fix in tracking_run (scrub URIs, pass "
-    "tags={'mlflow.source.name': 'use <stage>'})",
-)
 def test_no_absolute_path_at_all_reaches_mlflow(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

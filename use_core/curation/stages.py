@@ -177,7 +177,7 @@ def caption_shard(shard: Shard, params: Params) -> ShardOutput:
         try:
             image = _load_image(root / item.image_path, params)
         except Exception as exc:  # noqa: BLE001 - any unreadable image is quarantined
-            bad.append(_q("caption", item.image_id, item.image_path, "bad_image", str(exc)))
+            bad.append(_q("caption", item.image_id, item.image_path, "bad_image", _why(exc)))
             continue
         images.append(image)
         rows.append(
@@ -345,7 +345,7 @@ def masks_shard(boxes: pd.DataFrame, params: Params, provenance: str = "") -> Sh
         try:
             image = _load_image(root / first.image_path, params)
         except Exception as exc:  # noqa: BLE001
-            bad.append(_q("masks", str(image_id), first.image_path, "bad_image", str(exc)))
+            bad.append(_q("masks", str(image_id), first.image_path, "bad_image", _why(exc)))
             continue
         h, w = image.shape[:2]
         if (h, w) != (first.height, first.width):
@@ -498,6 +498,11 @@ def nms_shard(masks: pd.DataFrame, params: Params, provenance: str = "") -> Shar
         bad,
         {"pairs_before_nms": pairs_before, "segments_before_nms": len(masks), "bad_rle": len(bad)},
     )
+
+
+def _why(exc: Exception) -> str:
+    """The reason of an image failure without its absolute path (the record has the path)."""
+    return str(getattr(exc, "reason", None) or exc)
 
 
 def _q(

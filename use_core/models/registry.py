@@ -298,7 +298,12 @@ def load_sam(spec: ModelSpec, ctx: LoadContext) -> Any:
             f"{ctx.role}: unknown {spec.kind} architecture {spec.name!r}; "
             f"known: {sorted(sam_model_registry)}"
         )
-    sam = sam_model_registry[spec.name](checkpoint=_sam_checkpoint(spec, ctx))
+    path = _sam_checkpoint(spec, ctx)
+    # The packages' builders would call torch.load(f) and so rely on torch's default; build
+    # empty and load the tensors ourselves so a checkpoint can never run code.
+    sam = sam_model_registry[spec.name](checkpoint=None)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    sam.load_state_dict(state)
     return sam.to(ctx.device).eval()
 
 

@@ -36,15 +36,26 @@ def safe_params(flat: Mapping[str, Any], cwd: Path | None = None) -> dict[str, s
     return out
 
 
-def _scrub_paths(text: str, cwd: Path) -> str:
-    def repl(match: re.Match[str]) -> str:
-        path = Path(match.group(0))
-        try:
-            return path.resolve().relative_to(cwd).as_posix() or "."
-        except ValueError:
-            return f"<abs>/{path.name}"
+def _portable(path: Path, cwd: Path) -> str:
+    try:
+        return path.resolve().relative_to(cwd).as_posix() or "."
+    except ValueError:
+        return f"<abs>/{path.name}"
 
-    return re.sub(r"(?<![\w:/])/(?:[\w.@+-]+/)*[\w.@+-]+", repl, text)
+
+def _scrub_paths(text: str, cwd: Path) -> str:
+    def uri(match: re.Match[str]) -> str:  # sqlite:////abs/x.db, file:///abs/x
+        scheme, rest = match.group(1), match.group(2)
+        if scheme != "file" and not rest.startswith("/"):
+            return match.group(0)  # sqlite:///relative.db
+        return f"{scheme}:///{_portable(Path('/' + rest.lstrip('/')), cwd)}"
+
+    text = re.sub(r"\b([a-z][\w+.-]*):///([^\s\"',]+)", uri, text)
+    return re.sub(
+        r"(?<![\w:/])/(?:[\w.@+-]+/)*[\w.@+-]+",
+        lambda m: _portable(Path(m.group(0)), cwd),
+        text,
+    )
 
 
 def git_commit(cwd: Path | None = None) -> str:
@@ -108,7 +119,12 @@ def tracking_run(
     import mlflow
 
     configure(params)
-    all_tags = {"stage": stage, **data_fingerprint(), **(tags or {})}
+    all_tags = {
+        "stage": stage,
+        "mlflow.source.name": f"use {stage}",  # not the entry script's absolute path
+        **data_fingerprint(),
+        **(tags or {}),
+    }
     with mlflow.start_run(run_name=run_name or stage, tags=all_tags) as run:
         mlflow.log_params(safe_params(flatten(params)))
         yield run
