@@ -63,6 +63,11 @@ def test_stages_build_pairs_and_resume(
         + stats["quarantine"]["by_stage_reason"].get("caption/bad_image", 0)
         == 1
     )
+    mask_codes = {"bad_box", "low_pred_iou", "low_stability", "empty_mask", "bad_image"}
+    masks_reasons = {
+        k.split("/", 1)[1] for k in stats["quarantine"]["by_stage_reason"] if k.startswith("masks/")
+    }
+    assert masks_reasons <= mask_codes, masks_reasons  # codes, not prose with numbers
     assert stats["segments"] == len(pairs) and stats["segments_before_nms"] >= len(pairs)
     json.loads((tmp_path / "curation.json").read_text())
 

@@ -380,7 +380,7 @@ def masks_shard(boxes: pd.DataFrame, params: Params, provenance: str = "") -> Sh
                     "masks",
                     str(image_id),
                     first.image_path,
-                    reason.split(":")[0],
+                    _reason_code(reason),
                     f"box {list(np.round(box_array[box_idx], 1))} ({src.texts[0]!r}): {reason}",
                     fatal=False,
                 )

@@ -32,7 +32,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -157,7 +157,7 @@ def train_use_model(
     grid_size: int = DEFAULT_GRID,
     sam_input_size: int | None = None,
     cache_dir: str | Path | None = None,
-    resume: bool = True,
+    resume: bool | Literal["same_run"] = True,
     show_progress: bool = True,
 ) -> TrainResult:
     """Train the USE head on segment-text pairs (the ``train`` stage).
@@ -177,7 +177,9 @@ def train_use_model(
       grid_size: side of the common patch grid.
       sam_input_size: MobileSAM's input side (``None``: ``params.train.sam_input_size``).
       cache_dir: where the feature cache lives (default ``out_dir/feature_cache``).
-      resume: False deletes existing checkpoints in ``out_dir`` and starts over.
+      resume: False deletes existing checkpoints in ``out_dir`` and starts over; True resumes
+        and fails if they belong to another run (config, model or data changed);
+        ``"same_run"`` resumes the same run and starts over for another (the DVC stage's mode).
     """
     started = time.perf_counter()
     cfg = params.train
@@ -232,14 +234,19 @@ def train_use_model(
         last = None
     if last is not None:
         stored = read_train_state(last)
-        if stored.fingerprint != fingerprint:
+        if stored.fingerprint != fingerprint and resume != "same_run":
             raise ValueError(
                 f"{out} holds checkpoints of a different run (config, model or data changed): "
                 "use another out_dir, or resume=False to start over"
             )
-        state = load_checkpoint(last, model, optimizer, scheduler)
-        resumed_from = state.epoch
-        log.info("resuming from %s (epoch %d, step %d)", last, state.epoch, state.global_step)
+        if stored.fingerprint != fingerprint:  # resume="same_run": another run starts over
+            log.info("checkpoints in %s are of another run: starting over", out)
+            shutil.rmtree(out / "checkpoints")
+            last = None
+        else:
+            state = load_checkpoint(last, model, optimizer, scheduler)
+            resumed_from = state.epoch
+            log.info("resuming from %s (epoch %d, step %d)", last, state.epoch, state.global_step)
 
     if logger is None:
         jsonl = JsonlMetricsLogger(out / "steps.jsonl")

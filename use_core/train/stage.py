@@ -108,6 +108,7 @@ def run_train_stage(
             components,
             FanOutLogger(loggers + ([extra_logger] if extra_logger else [])),
             class_names=class_names,
+            resume="same_run",
         )
 
     if track:
