@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,26 @@ for _key, _value in {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
 }.items():
     os.environ.setdefault(_key, _value)
+
+
+@pytest.fixture(autouse=True)
+def _prefect_console_on_live_stderr() -> Iterator[None]:
+    """Point Prefect's console log handlers at the current ``sys.stderr`` before each test.
+
+    The handlers keep the stream they were configured with; when Prefect is first imported
+    under a temporary stream (typer's ``CliRunner`` in the CLI tests), a later flow logs to a
+    closed file and Python's logging error path recurses. Cheap: only when Prefect is loaded.
+    """
+    if "prefect" in sys.modules:
+        from prefect.logging.handlers import PrefectConsoleHandler
+
+        loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+        for logger in loggers:
+            for handler in getattr(logger, "handlers", []):
+                if isinstance(handler, PrefectConsoleHandler):
+                    handler.console.file = sys.stderr
+    yield
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS_CACHE = Path(os.environ.get("USE_MODELS_CACHE", REPO_ROOT / ".cache" / "models"))

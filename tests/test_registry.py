@@ -350,3 +350,14 @@ def test_runtime_device_dtype_and_seeding() -> None:
     first = (torch.rand(3), np.random.rand(3))
     seed_everything(7)
     assert torch.equal(first[0], torch.rand(3)) and np.array_equal(first[1], np.random.rand(3))
+
+
+def test_concurrent_loads_of_one_model_give_one_working_instance(demo_cfg: ModelsConfig) -> None:
+    """Stage tasks on Prefect's thread runner load the same model at once: one load, no race."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    clear_cache()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        bundles = list(pool.map(lambda _: load_component("grounding", demo_cfg, "cpu"), range(4)))
+    assert all(b is bundles[0] for b in bundles)
+    assert not any(p.is_meta for p in bundles[0].model.parameters())

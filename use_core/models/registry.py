@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -360,6 +361,9 @@ LOADERS: dict[str, Callable[[ModelSpec, LoadContext], Any]] = {
 }
 
 _CACHE: dict[tuple[Any, ...], Any] = {}
+# One load at a time: concurrent stage tasks (Prefect's thread runner) would otherwise load the
+# same model twice, and transformers' meta-device initialisation is not thread-safe.
+_LOAD_LOCK = threading.RLock()
 
 
 def load_spec(
@@ -375,11 +379,12 @@ def load_spec(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     key = (role, spec.model_dump_json(), str(dev), half_precision, image_size)
-    if key not in _CACHE:
-        ctx = LoadContext(role, dev, half_precision, {"image_size": image_size})
-        log.info("loading %s: %s %s", role, spec.kind, spec.name)
-        _CACHE[key] = LOADERS[spec.kind](spec, ctx)
-    return _CACHE[key]
+    with _LOAD_LOCK:
+        if key not in _CACHE:
+            ctx = LoadContext(role, dev, half_precision, {"image_size": image_size})
+            log.info("loading %s: %s %s", role, spec.kind, spec.name)
+            _CACHE[key] = LOADERS[spec.kind](spec, ctx)
+        return _CACHE[key]
 
 
 def load_component(
