@@ -131,3 +131,45 @@ def test_iou_matrix_exact_over_pixel_chunks(monkeypatch, int8_kernel: bool) -> N
     area = np.diag(inter)
     expected = inter / (area[:, None] + area[None, :] - inter)
     np.testing.assert_array_equal(mask_iou_matrix(masks), expected)
+
+
+def _matrix_nms(masks: np.ndarray, scores: np.ndarray, thr: float) -> list[list[int]]:
+    """Greedy NMS over the all-pairs IoU matrix (no pruning), the pruned path's oracle."""
+    over = mask_iou_matrix(masks) > thr
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    alive = np.ones(len(scores), dtype=bool)
+    groups = []
+    for i in order:
+        if alive[i]:
+            alive[i] = False
+            hits = [j for j in order if alive[j] and over[i, j]]
+            alive[hits] = False
+            groups.append([i, *hits])
+    return groups
+
+
+def test_pruning_never_changes_the_result_at_the_area_ratio_edge() -> None:
+    """Nested masks whose IoU equals min/max area exactly, on and around the threshold."""
+    h = w = 40
+    inner = [_rect(h, w, 0, 0, 7, 7)]  # 49 px
+    outer = [_rect(h, w, 0, 0, 7, 10), _rect(h, w, 0, 0, 10, 7), _rect(h, w, 0, 0, 5, 10)]
+    masks = np.stack(inner + outer + [_rect(h, w, 0, 0, 10, 5), np.zeros((h, w), bool)])
+    scores = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 0.5])
+    for thr in (0.0, 0.49, 0.5, 0.7, 0.71, 1.0):  # 49/70 = 0.7 exactly: not suppressed at 0.7
+        assert mask_nms(masks, scores, thr) == _matrix_nms(masks, scores, thr), thr
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_pruned_equals_all_pairs_on_many_ellipses(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    side, n = 96, 300
+    yy, xx = np.mgrid[:side, :side]
+    masks = np.zeros((n, side, side), dtype=bool)
+    for k in range(n):
+        cy, cx = rng.uniform(0, side, 2)
+        ry, rx = rng.uniform(2, 30, 2)
+        masks[k] = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+    masks[rng.integers(0, n, 20)] = masks[rng.integers(0, n, 20)]  # exact duplicates
+    scores = rng.integers(0, 5, n).astype(float)
+    for thr in (0.0, 0.3, 0.7, 0.95):
+        assert mask_nms(masks, scores, thr) == _matrix_nms(masks, scores, thr), thr

@@ -3,11 +3,12 @@
 Different descriptions often point at the same region; NMS keeps one mask per region and the
 texts of the masks it suppressed are merged into the kept one.
 
-IoU is exact: the pairwise intersection counts come from one matrix product of the flattened
-masks, accumulated over pixel chunks in 64-bit integers. On CPU the product runs in int8 with
-int32 accumulation (``torch._int_mm``, ~2.5x faster than float32 here), falling back to
-float32 (exact: a chunk's counts stay below 2**24) where that kernel is unavailable. At 1,000
-masks of 512x512 this takes a few seconds on two CPU cores.
+IoU is exact (pixel counts). :func:`mask_nms` only counts the pairs greedy NMS needs: a kept
+mask against the still-alive masks that can pass the threshold — bounding boxes intersect and
+min(area)/max(area) > threshold (IoU can be no larger) — inside the kept mask's bounding box.
+:func:`mask_iou_matrix` gives all pairs at once: one matrix product of the flattened masks,
+accumulated over pixel chunks in 64-bit integers (int8 with int32 accumulation through
+``torch._int_mm`` on CPU, float32 — exact below 2**24 per chunk — elsewhere).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import torch
 # Pixels per matmul chunk: N x chunk int8/float32 (64/256 MB at N = 1,000); < 2**24 keeps
 # float32 counts exact.
 _PIXEL_CHUNK = 65_536
+# Candidate masks counted per step against a kept mask's box (memory: chunk × box pixels).
+_CANDIDATE_CHUNK = 64
 
 
 def _chunk_gram(chunk: torch.Tensor) -> torch.Tensor:
@@ -81,21 +84,66 @@ def mask_nms(masks: np.ndarray, scores: np.ndarray, iou_threshold: float) -> lis
     n = masks.shape[0]
     if n == 0:
         return []
+    masks = np.ascontiguousarray(masks, dtype=bool)
     order = np.argsort(-scores, kind="stable")
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
-    over = mask_iou_matrix(masks) > iou_threshold
+    boxes, area = _boxes_and_areas(masks)
     alive = np.ones(n, dtype=bool)
     groups: list[list[int]] = []
     for i in order:
         if not alive[i]:
             continue
         alive[i] = False
-        hits = np.flatnonzero(alive & over[i])
+        hits = _suppressed_by(i, masks, boxes, area, alive, iou_threshold)
         hits = hits[np.argsort(rank[hits])]
         alive[hits] = False
         groups.append([int(i), *(int(j) for j in hits)])
     return groups
+
+
+def _boxes_and_areas(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per mask: ``[y0, y1, x0, x1)`` half-open bounding box (empty: ``[0, 0, 0, 0)``), area."""
+    rows: np.ndarray = np.any(masks, axis=2)  # (N, H)
+    cols: np.ndarray = np.any(masks, axis=1)  # (N, W)
+    area = masks.sum(axis=(1, 2), dtype=np.int64)
+    h, w = masks.shape[1:]
+    nonempty = np.any(rows, axis=1)
+    y0 = np.where(nonempty, np.argmax(rows, axis=1), 0)
+    y1 = np.where(nonempty, h - np.argmax(rows[:, ::-1], axis=1), 0)
+    x0 = np.where(nonempty, np.argmax(cols, axis=1), 0)
+    x1 = np.where(nonempty, w - np.argmax(cols[:, ::-1], axis=1), 0)
+    return np.stack([y0, y1, x0, x1], axis=1), area
+
+
+def _suppressed_by(
+    i: int,
+    masks: np.ndarray,
+    boxes: np.ndarray,
+    area: np.ndarray,
+    alive: np.ndarray,
+    iou_threshold: float,
+) -> np.ndarray:
+    """Alive masks whose IoU with mask ``i`` is > ``iou_threshold`` (exact pixel counts).
+
+    Only masks that can pass are counted: IoU ≤ min(area) / max(area), and it is 0 unless the
+    bounding boxes intersect. The intersections are counted inside mask ``i``'s box.
+    """
+    y0, y1, x0, x1 = (int(v) for v in boxes[i])
+    a_i = int(area[i])
+    lo, hi = np.minimum(area, a_i), np.maximum(area, a_i)
+    cand = alive & (lo >= iou_threshold * hi * (1.0 - 1e-9))  # never drops a passing pair
+    cand &= (boxes[:, 0] < y1) & (boxes[:, 1] > y0) & (boxes[:, 2] < x1) & (boxes[:, 3] > x0)
+    js = np.flatnonzero(cand)
+    if js.size == 0 or a_i == 0:
+        return js[:0]
+    crop_i = masks[i, y0:y1, x0:x1]
+    inter = np.empty(js.size, dtype=np.int64)
+    for s in range(0, js.size, _CANDIDATE_CHUNK):  # bounded memory: chunk × box pixels
+        part = js[s : s + _CANDIDATE_CHUNK]
+        inter[s : s + part.size] = (masks[part, y0:y1, x0:x1] & crop_i).sum(axis=(1, 2))
+    union = (area[js] + a_i - inter).astype(np.float64)
+    return js[inter / union > iou_threshold]  # union > 0: a_i > 0
 
 
 def merge_texts(
