@@ -163,7 +163,7 @@ def train_cmd(
     sets: SetOpt = None,
     track: Annotated[bool, typer.Option(help="Log the run and the model to MLflow.")] = True,
 ) -> None:
-    """Train the USE head on the curated pairs (resumes from the last epoch checkpoint)."""
+    """Train the USE head on the curated pairs (resumes an interrupted run; new params restart)."""
     from use_core.train.stage import run_train_stage
 
     metrics = run_train_stage(get_params(params, sets), track=track)
