@@ -10,6 +10,7 @@ from use_core.config import ConfigError, Params, flatten, load_params, parse_par
 DEMO_CHOICES = {
     "ground.max_boxes",
     "train.sources",
+    "train.use_cls",
     "train.epochs",
     "train.batch_size",
     "train.crop_size",
