@@ -2,10 +2,11 @@
 
 The reference is the textbook greedy loop: visit masks by score, and for each kept mask compute
 its IoU with every still-alive mask one pair at a time (``&``, ``|``, ``count_nonzero``).
-``use_core.curation.nms.mask_nms`` computes all pairwise intersections as one chunked integer
-matrix product, then runs the same greedy pass on the boolean IoU matrix. Both must return the
-same groups. Growth of ``mask_nms`` is measured at 100 / 1,000 / 3,000 masks (the pair matrix is
-quadratic, the product vectorised).
+``use_core.curation.nms.mask_nms`` bit-packs each mask's bounding box once, prunes the pairs
+whose IoU cannot pass the threshold (boxes, areas), and counts the remaining intersections of
+each kept mask in one vectorised AND + popcount step. Both must return the same groups. Growth
+of ``mask_nms`` is measured at 100 / 1,000 / 3,000 masks (the candidate-pair matrix is
+quadratic but cheap; the counted pairs grow with the overlaps).
 """
 
 from __future__ import annotations
