@@ -177,6 +177,7 @@ def run_curation_trials(cfg: dict[str, Any]) -> dict[str, Any]:
     assert _run_to_end(timed_reference) == 0, "the reference run failed"
     marks = json.loads(timing.read_text())
     t_cg = marks["ground"] - marks["start"]
+    t_caption = marks["caption"] - marks["start"]
     t_mn = marks["nms"] - marks["ground"]
     ref = _snapshot(params["ref"])
     ref_cg = _snapshot_stages(params["ref"], ("caption", "ground"))
@@ -191,7 +192,10 @@ def run_curation_trials(cfg: dict[str, Any]) -> dict[str, Any]:
             shutil.rmtree(d, ignore_errors=True)
         n = 0
         while True:
-            delay = rng.uniform(0.0, t_cg)
+            # Stratified: captioning is a small part of caption+ground, so the first kill of
+            # every other cycle is drawn inside it; the rest anywhere in caption+ground.
+            in_caption = n == 0 and len(cycles) % 2 == 0
+            delay = rng.uniform(0.0, 0.8 * t_caption if in_caption else t_cg)
             killed, code = _kill_after(stages_fn(trial, cg), delay)
             if not killed:
                 assert code == 0, f"a caption+ground run failed (exit {code})"
@@ -220,6 +224,7 @@ def run_curation_trials(cfg: dict[str, Any]) -> dict[str, Any]:
     keys = (*STAGES, "quarantine", "pairs_rows")
     result: dict[str, Any] = {
         "t_caption_ground": t_cg,
+        "t_caption": t_caption,
         "t_masks_nms": t_mn,
         "kills": kills,
         "cycles": cycles,
