@@ -2,8 +2,10 @@
 
 Both sides are the product path, ``use_core.curation.masks.masks_from_boxes`` (one image
 embedding, box prompts batched ``box_chunk`` at a time, candidates ranked on the 256×256
-logits, only the winner — and near-ties — upsampled). The wall time includes the image encoder,
-so the ratio says how much 31 more boxes cost on top of the one embedding (target ≤ 1.6×).
+logits, only the winner — and near-ties — upsampled; the decoder is
+``use_core.curation.sam_decoder.decode_prompts``, SAM's decoder without per-box image copies).
+The wall time includes the image encoder, so the ratio says how much 31 more boxes cost on top
+of the one embedding (target ≤ 1.6×).
 
 For reference the same counts run through segment-anything's stock path
 (``SamPredictor.set_image`` + ``predict_torch(multimask_output=True)``, which upsamples all three

@@ -7,7 +7,10 @@ the paper), then cleaned of small holes and islands. A box covering more than
 "greater than 90% of the image size"), with stability and predicted IoU set to 1.0.
 
 Efficiency: one image embedding serves all boxes of an image (:func:`embed_image`, which the
-caller may cache and pass back); boxes go through the decoder in chunks of ``box_chunk``; the
+caller may cache and pass back); boxes go through the decoder in chunks of ``box_chunk``, with
+SAM's mask decoder rewritten for many prompts on one image
+(:func:`use_core.curation.sam_decoder.decode_prompts`: same weights and outputs up to float
+rounding, ~5× less CPU per box than ``sam.mask_decoder`` with MobileSAM); the
 candidates are ranked on SAM's 256×256 low-resolution logits (stability as in SAM's automatic
 mask generator: ``calculate_stability_score`` at the mask threshold with offset 1.0) and only
 the winner is upsampled, with SAM's own ``postprocess_masks`` (pad-crop-resize) — unless
@@ -29,6 +32,8 @@ import numpy as np
 import torch
 from segment_anything.utils.amg import calculate_stability_score, remove_small_regions
 from segment_anything.utils.transforms import ResizeLongestSide
+
+from use_core.curation.sam_decoder import decode_prompts
 
 STABILITY_OFFSET = 1.0  # segment-anything's default stability_score_offset
 # Candidates whose low-res stability is this close to the best are re-ranked at full size.
@@ -160,13 +165,8 @@ def _decode_chunk(
         transform.apply_boxes(boxes, emb.original_size), dtype=torch.float32, device=sam.device
     )
     sparse, dense = sam.prompt_encoder(points=None, boxes=box_t, masks=None)
-    low_res, iou_pred = sam.mask_decoder(
-        image_embeddings=emb.features,
-        image_pe=sam.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=True,
-    )  # (B, 3, 256, 256) logits, (B, 3)
+    # (B, 3, 256, 256) logits, (B, 3): SAM's decoder without per-prompt image copies
+    low_res, iou_pred = decode_prompts(sam, emb.features, sparse, dense)
     # an all-background candidate has stability 0/0: count it as 0
     low_stab = calculate_stability_score(low_res, sam.mask_threshold, STABILITY_OFFSET)
     low_stab = low_stab.nan_to_num(0.0)

@@ -10,7 +10,10 @@ one crop layer, in an order that avoids most of its cost:
    (:func:`point_rounds`): a point lying inside the smallest confident candidate of an already
    decoded point is skipped — it would give the same masks again. With MobileSAM on a CPU the
    decoder (~0.1–0.3 s per point) is ~85 % of the stock generator's time, so the number of
-   decoded points is what sets the speed (``skip_covered=False`` decodes every point);
+   decoded points is what sets the speed (``skip_covered=False`` decodes every point). The
+   decoder is :func:`use_core.curation.sam_decoder.decode_prompts` (SAM's decoder rewritten so
+   the image embedding is not copied and projected once per point; same outputs up to float
+   rounding, ~5× less CPU per point with MobileSAM);
 3. candidates are filtered on SAM's **256×256 low-resolution logits**, cropped to the unpadded
    image area: predicted IoU ≥ ``pred_iou_thresh``, then stability (``calculate_stability_score``
    at the mask threshold with offset 1.0) ≥ ``stability_thresh``; empty candidates are dropped;
@@ -53,6 +56,7 @@ from tqdm import tqdm
 
 from use_core.curation.masks import STABILITY_OFFSET, ImageEmbedding, embed_image
 from use_core.curation.nms import mask_nms
+from use_core.curation.sam_decoder import decode_prompts
 from use_core.data.rle import decode_rle, encode_masks
 
 SAM_PRED_IOU_THRESH = 0.88  # segment-anything SamAutomaticMaskGenerator default
@@ -120,13 +124,7 @@ def _decode_points(
     coords_t = torch.as_tensor(coords, dtype=torch.float32, device=sam.device)[:, None, :]
     labels_t = torch.ones(coords_t.shape[0], 1, dtype=torch.int, device=sam.device)
     sparse, dense = sam.prompt_encoder(points=(coords_t, labels_t), boxes=None, masks=None)
-    low_res, iou_pred = sam.mask_decoder(
-        image_embeddings=emb.features,
-        image_pe=sam.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=True,
-    )
+    low_res, iou_pred = decode_prompts(sam, emb.features, sparse, dense)
     return low_res.flatten(0, 1), iou_pred.flatten(0, 1)
 
 

@@ -1,0 +1,294 @@
+"""SAM's mask decoder, rewritten for many prompts on one image (same weights, same maths).
+
+segment-anything's ``MaskDecoder.predict_masks`` copies the 64×64×256 image embedding once per
+prompt (``repeat_interleave``) and runs every projection of its two-way transformer on those
+4,096 image tokens per prompt. On a CPU that is memory traffic, not arithmetic: with MobileSAM
+the decoder took ~100 ms per prompt at 32 prompts, 30 % of it in ``copy_``/``add`` of 128 MB
+tensors. :func:`decode_prompts` computes the same function with three exact rewrites:
+
+* **shared first layer**: without a mask prompt the dense prompt embedding is one vector for all
+  prompts, so the first block's image-side projections (token→image keys and values,
+  image→token queries) are computed once for the image, not once per prompt;
+* **attention through the few prompt tokens**: the image tokens attend to only ``T`` (= 7)
+  prompt tokens per head, so the image→token output ``softmax(Q Kᵀ) V W_o`` is computed as
+  ``A · (V W_o)`` with ``A`` of width ``heads × T`` (56) instead of projecting 4,096 tokens to
+  128 and back; likewise token→image attention folds ``W_k`` into the queries and ``W_v`` after
+  the weighted sum (the key bias is a per-row constant that softmax cancels; the value bias
+  passes through because attention weights sum to one);
+* **transposed convolutions as matmuls**: each 2×2 stride-2 ``ConvTranspose2d`` is one GEMM on
+  channels-last tokens, the ``LayerNorm2d`` is ``F.layer_norm`` over the contiguous channels,
+  and the hypernetwork product runs per small group of prompts so the 8 MB-per-prompt upscaled
+  features stay in cache; only the mask tokens that are returned are multiplied out.
+
+The results equal ``sam.mask_decoder(...)`` up to float32 rounding (tests compare them with the
+stock decoder). Inputs it does not cover (a dense embedding that differs between prompts, i.e.
+a mask prompt, or a decoder whose structure is not SAM's) go to the stock decoder.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+PROMPT_GROUP = 1  # prompts decoded together per thread (measured best: 1, then 2, 4)
+UPSCALE_ROWS = 16  # token rows upscaled at once (16 × 64 tokens → 2 MB of features)
+
+
+def _run_split(run: Callable[[int, int], None], n: int) -> None:
+    """``run(start, stop)`` over ``range(n)`` split in contiguous parts, one per torch thread,
+    each part in its own Python thread with single-threaded torch ops (restored after).
+
+    The decoder's ops are small (one prompt's 4,096×256 tokens): split across OpenMP threads,
+    every op waits at a barrier for the slowest thread, which on a shared machine is often
+    descheduled (measured: 2 threads slower than 1 under load). Whole prompts per thread need
+    no barrier; the GIL is released inside each op.
+    """
+    threads = torch.get_num_threads()
+    workers = min(threads, -(-n // PROMPT_GROUP))
+    if workers <= 1:
+        run(0, n)
+        return
+    bounds = [round(i * n / workers) for i in range(workers + 1)]
+
+    def part(i: int) -> None:
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            run(bounds[i], bounds[i + 1])
+
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(part, range(workers)))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _shared_dense(dense: torch.Tensor) -> bool:
+    """True when the dense prompt embedding is the same for every prompt (no mask prompt)."""
+    return dense.shape[0] == 1 or dense.stride(0) == 0
+
+
+def _supported(decoder: Any) -> bool:
+    tr = getattr(decoder, "transformer", None)
+    layers = getattr(tr, "layers", None)
+    up = getattr(decoder, "output_upscaling", None)
+    if layers is None or up is None or len(up) != 5 or len(layers) < 1:
+        return False
+    conv1, conv2 = up[0], up[3]
+    return (
+        isinstance(conv1, torch.nn.ConvTranspose2d)
+        and isinstance(conv2, torch.nn.ConvTranspose2d)
+        and conv1.kernel_size == conv1.stride == (2, 2)
+        and conv2.kernel_size == conv2.stride == (2, 2)
+        and bool(layers[0].skip_first_layer_pe)
+    )
+
+
+def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(B, T, C) → (B, H, T, C/H)."""
+    b, t, c = x.shape
+    return x.reshape(b, t, n_heads, c // n_heads).transpose(1, 2)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, T, d) → (B, T, H·d)."""
+    b, h, t, d = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * d)
+
+
+def _token_to_image(attn: Any, q_in: torch.Tensor, keys_pe: torch.Tensor, keys: torch.Tensor):
+    """``attn(q=q_in, k=keys_pe, v=keys)`` for per-prompt image tokens ``(B, N, C)``.
+
+    ``softmax(q W_k Xᵀ) X W_vᵀ``: the key projection is folded into the queries (its bias adds
+    a constant per row, which softmax removes) and the value projection is applied after the
+    weighted sum (weights sum to 1, so the bias passes through).
+    """
+    n_heads = attn.num_heads
+    b, t, _ = q_in.shape
+    q = _heads(attn.q_proj(q_in), n_heads)  # (B, H, T, d)
+    d = q.shape[-1]
+    wk = attn.k_proj.weight.view(n_heads, d, -1)  # (H, d, C)
+    qk = torch.matmul(q, wk) / math.sqrt(d)  # (B, H, T, C)
+    logits = torch.bmm(qk.reshape(b, n_heads * t, -1), keys_pe.transpose(1, 2))  # (B, HT, N)
+    weights = torch.softmax(logits, dim=-1)
+    pooled = torch.bmm(weights, keys).view(b, n_heads, t, -1)  # (B, H, T, C)
+    wv = attn.v_proj.weight.view(n_heads, d, -1)  # (H, d, C)
+    out = torch.matmul(pooled, wv.transpose(1, 2)) + attn.v_proj.bias.view(n_heads, 1, d)
+    return attn.out_proj(_merge(out))
+
+
+def _token_to_image_shared(attn: Any, q_in: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor):
+    """``attn(q=q_in, k=k, v=v)`` with one image's projected keys/values ``kh``/``vh``
+    (1, H, N, d), computed once for all prompts."""
+    q = _heads(attn.q_proj(q_in), attn.num_heads)  # (B, H, T, d)
+    weights = torch.softmax(torch.matmul(q, kh.transpose(-1, -2)) / math.sqrt(q.shape[-1]), -1)
+    return attn.out_proj(_merge(torch.matmul(weights, vh)))
+
+
+def _image_to_token(
+    attn: Any,
+    keys: torch.Tensor,
+    keys_pe: torch.Tensor,
+    tok_pe: torch.Tensor,
+    tokens: torch.Tensor,
+    shared_q: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``keys + attn(q=keys_pe, k=tok_pe, v=tokens)`` ``(B, N, C)``, through the few tokens.
+
+    The output ``Σ_h softmax(Q_h K_hᵀ) V_h W_o,hᵀ`` is ``A · V'`` with ``A`` (B, N, H·T) and
+    ``V'_h = V_h W_o,hᵀ`` (B, H·T, C): no (B, N, C/2) projection of the image tokens. The
+    logits are laid out (B, H, T, N) so the softmax over the T tokens runs along contiguous N.
+    ``shared_q``: the image queries ``q_proj(keys_pe)`` as (1, H, N, d) when ``keys_pe`` is
+    one image's tokens (1, N, C).
+    """
+    n_heads = attn.num_heads
+    b, t, _ = tokens.shape
+    k = _heads(attn.k_proj(tok_pe), n_heads)  # (B, H, T, d)
+    v = _heads(attn.v_proj(tokens), n_heads)
+    d = k.shape[-1]
+    n = keys_pe.shape[1]
+    scale = 1.0 / math.sqrt(d)
+    if shared_q is not None:  # (B, H, T, d) · (1, H, d, N) → (B, H, T, N)
+        logits = torch.matmul(k * scale, shared_q.transpose(-1, -2))
+    else:  # fold W_q into the token keys: (B, H·T, C) · (B, C, N)
+        wq = attn.q_proj.weight.view(n_heads, d, -1)  # (H, d, C)
+        kq = torch.matmul(k * scale, wq).reshape(b, n_heads * t, -1)  # (B, H·T, C)
+        kb = torch.matmul(k * scale, attn.q_proj.bias.view(n_heads, d, 1))  # (B, H, T, 1)
+        logits = torch.baddbmm(kb.reshape(b, n_heads * t, 1), kq, keys_pe.transpose(1, 2))
+    weights = torch.softmax(logits.view(b, n_heads, t, n), dim=2).view(b, n_heads * t, n)
+    wo = attn.out_proj.weight.view(-1, n_heads, d).permute(1, 2, 0)  # (H, d, C)
+    # Each token's H softmax rows sum to H, so the output bias is b_o / H on every row of V'.
+    vo = torch.matmul(v, wo).reshape(b, n_heads * t, -1) + attn.out_proj.bias / n_heads
+    return torch.baddbmm(keys.expand(b, n, -1), weights.transpose(1, 2), vo)
+
+
+def _upscale_masks(
+    decoder: Any, src: torch.Tensor, hyper: torch.Tensor, hw: tuple[int, int], out: torch.Tensor
+) -> None:
+    """``out[:] = hyper @ output_upscaling(src)`` for tokens ``src`` (B, N, C), ``out``
+    (B, M, 4h, 4w), in blocks of :data:`UPSCALE_ROWS` token rows so the features stay in
+    cache."""
+    up = decoder.output_upscaling
+    conv1, norm, act1, conv2, act2 = up[0], up[1], up[2], up[3], up[4]
+    c_in, c1 = conv1.weight.shape[:2]
+    c2 = conv2.weight.shape[1]
+    w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c1)  # (C, [i, j, o])
+    b1 = conv1.bias.repeat(4)
+    w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)  # (c1, [i2, j2, o2])
+    b2 = conv2.bias.repeat(4)
+    h, w = hw
+    m = hyper.shape[1]
+    for p in range(src.shape[0]):
+        hyp = hyper[p].t()  # (c2, M)
+        for r in range(0, h, UPSCALE_ROWS):
+            rows = min(UPSCALE_ROWS, h - r)
+            x = src[p, r * w : (r + rows) * w]  # (rows·w, C)
+            y = torch.addmm(b1, x, w1).view(-1, c1)
+            y = act1(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps))
+            z = act2(torch.addmm(b2, y, w2)).view(-1, c2)  # (rows, w, i, j, i2, j2) × c2
+            logits = torch.mm(z, hyp).view(rows, w, 2, 2, 2, 2, m).permute(6, 0, 2, 4, 1, 3, 5)
+            out[p, :, 4 * r : 4 * (r + rows)] = logits.reshape(m, 4 * rows, 4 * w)
+
+
+@torch.inference_mode()
+def decode_prompts(
+    sam: Any,
+    image_embeddings: torch.Tensor,
+    sparse_prompt_embeddings: torch.Tensor,
+    dense_prompt_embeddings: torch.Tensor,
+    multimask_output: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sam.mask_decoder(...)`` for B prompts on one image embedding ``(1, C, h, w)``.
+
+    Returns low-res mask logits ``(B, M, 4h, 4w)`` and predicted IoU ``(B, M)`` (M = 3 with
+    ``multimask_output``, else 1), equal to the stock decoder's up to float rounding.
+    """
+    decoder = sam.mask_decoder
+    image_pe = sam.prompt_encoder.get_dense_pe()
+    if (
+        image_embeddings.shape[0] != 1
+        or not _shared_dense(dense_prompt_embeddings)
+        or not _supported(decoder)
+    ):
+        return decoder(
+            image_embeddings=image_embeddings,
+            image_pe=image_pe,
+            sparse_prompt_embeddings=sparse_prompt_embeddings,
+            dense_prompt_embeddings=dense_prompt_embeddings,
+            multimask_output=multimask_output,
+        )
+    b = sparse_prompt_embeddings.shape[0]
+    _, _, h, w = image_embeddings.shape
+    src = (image_embeddings + dense_prompt_embeddings[:1]).flatten(2).transpose(1, 2)  # (1,N,C)
+    keys = src.contiguous()
+    pe = image_pe.flatten(2).transpose(1, 2).contiguous()  # (1, N, C)
+    # First block, image side: the same for every prompt, computed once.
+    first = decoder.transformer.layers[0]
+    t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+    keys_pe = keys + pe
+    shared = (
+        keys,
+        keys_pe,
+        _heads(t2i.k_proj(keys_pe), t2i.num_heads),
+        _heads(t2i.v_proj(keys), t2i.num_heads),
+        _heads(i2t.q_proj(keys_pe), i2t.num_heads),
+    )
+    mask_slice = slice(1, None) if multimask_output else slice(0, 1)
+    token_ids = list(range(decoder.num_mask_tokens)[mask_slice])
+    masks = src.new_empty((b, len(token_ids), 4 * h, 4 * w))
+    iou_pred = src.new_empty((b, len(token_ids)))
+    out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+
+    def run(start: int, stop: int) -> None:
+        for s in range(start, stop, PROMPT_GROUP):
+            sparse = sparse_prompt_embeddings[s : min(s + PROMPT_GROUP, stop)]
+            g = sparse.shape[0]
+            tokens = torch.cat((out_tokens.unsqueeze(0).expand(g, -1, -1), sparse), dim=1)
+            queries, keys_g = _transformer(decoder.transformer, tokens, pe, shared)
+            hyper = torch.stack(
+                [decoder.output_hypernetworks_mlps[i](queries[:, 1 + i, :]) for i in token_ids],
+                1,
+            )  # (g, M, c2)
+            _upscale_masks(decoder, keys_g, hyper, (h, w), masks[s : s + g])
+            iou_pred[s : s + g] = decoder.iou_prediction_head(queries[:, 0, :])[:, mask_slice]
+
+    _run_split(run, b)
+    return masks, iou_pred
+
+
+def _transformer(
+    tr: Any, tokens: torch.Tensor, pe: torch.Tensor, shared: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``TwoWayTransformer`` for a group of prompts ``tokens`` (g, T, C); the first block's
+    image side comes precomputed in ``shared``. Returns (queries, image tokens (g, N, C))."""
+    keys0, keys_pe0, k0, v0, q0 = shared
+    query_pe = tokens
+    queries = tokens
+    keys = keys0
+    for i, layer in enumerate(tr.layers):
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + query_pe
+            queries = queries + layer.self_attn(q=q, k=q, v=queries)
+        queries = layer.norm1(queries)
+        q = queries + query_pe
+        if i == 0:  # the image tokens are the same for every prompt
+            keys_pe = keys_pe0
+            t2i = _token_to_image_shared(layer.cross_attn_token_to_image, q, k0, v0)
+        else:
+            keys_pe = keys + pe
+            t2i = _token_to_image(layer.cross_attn_token_to_image, q, keys_pe, keys)
+        queries = layer.norm2(queries + t2i)
+        queries = layer.norm3(queries + layer.mlp(queries))
+        i2t = layer.cross_attn_image_to_token
+        tok_pe = queries + query_pe
+        keys = _image_to_token(i2t, keys, keys_pe, tok_pe, queries, q0 if i == 0 else None)
+        keys = layer.norm4(keys)
+    final = _token_to_image(tr.final_attn_token_to_image, queries + query_pe, keys + pe, keys)
+    return tr.norm_final_attn(queries + final), keys
