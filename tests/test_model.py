@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from fuse_first_reference import fuse_first_embed, raw_frozen_features
 from safetensors.torch import load_file
 
 from use_core.model import (
@@ -21,6 +22,7 @@ from use_core.model import (
     segment_text_loss,
 )
 from use_core.model.checkpoint import load_trainable_state
+from use_core.model.encoder import pool_first_is_cheaper
 
 FEATURE_DIM = 16
 GRID = 8
@@ -93,8 +95,14 @@ def test_shapes_per_encoder_and_cls(encoder: str, use_cls: bool, components: dic
         assert len(model.backbone_list[0].level_dims) == 3  # every CLIP block
     if "dinov2" in encoder:
         assert model.backbone_list[-1].level_names == ["block2", "block3"]  # the last 2 of 4
+    for levels in frozen.levels:  # normalised per cell over channels (LayerNorm without affine)
+        for t in levels:
+            assert torch.allclose(t.mean(1), torch.zeros(()), atol=1e-4)
+            assert torch.allclose(t.var(1, unbiased=False), torch.ones(()), atol=1e-2)
     feats = model.fuse(frozen)
-    assert feats.patch.shape == (2, GRID * GRID, FEATURE_DIM * n_backbones)
+    assert [[t.shape for t in lv] for lv in feats.levels] == [
+        [t.shape for t in lv] for lv in frozen.levels
+    ]
     if use_cls:
         assert feats.glob is not None and feats.glob.shape == (2, FEATURE_DIM * n_backbones)
     else:
@@ -108,9 +116,9 @@ def test_shapes_per_encoder_and_cls(encoder: str, use_cls: bool, components: dic
 def test_uint8_and_float_images_agree(components: dict) -> None:
     model = build("clip", components)
     u8 = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
-    a = model.encode_image(u8).patch
-    b = model.encode_image(u8.float() / 255.0).patch
-    assert torch.allclose(a, b)
+    a = model.encode_image(u8).levels[0]
+    b = model.encode_image(u8.float() / 255.0).levels[0]
+    assert all(torch.allclose(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_area_weights_hand_computed() -> None:
@@ -149,22 +157,94 @@ def test_empty_and_tiny_masks_get_defined_embeddings(components: dict) -> None:
     assert torch.isfinite(emb).all()
 
 
-def test_head_is_weighted_mean_then_linear(components: dict) -> None:
-    model = build("clip+dinov2", components)
-    images = torch.rand(2, 3, 40, 40)
+def perturb(model: USEModel, seed: int = 1) -> USEModel:
+    """Random trainable parameters (LayerNorm γ ≠ 1, β ≠ 0, scales unequal): a stricter test."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def mixed_masks(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Four masks (the last one empty: uniform weights) over two images, index not sorted."""
+    masks = torch.cat([two_masks(h, w), torch.zeros(1, h, w, dtype=torch.bool)])
+    return masks, torch.tensor([1, 0, 1, 0])
+
+
+@pytest.mark.parametrize("encoder", ["clip", "dinov2", "clip+dinov2"])
+@pytest.mark.parametrize("use_cls", [True, False])
+@pytest.mark.parametrize("order", ["auto", "pool_first", "fuse_first"])
+def test_pool_first_equals_the_fuse_first_reference(
+    encoder: str, use_cls: bool, order: str, components: dict
+) -> None:
+    """Pooling the normalised levels before the LLNs is exactly the old per-cell computation."""
+    model = perturb(build(encoder, components, use_cls))
+    images = torch.rand(2, 3, 40, 48)
+    masks, index = mixed_masks(40, 48)
+    weights = model.segment_weights(masks)
+    assert torch.allclose(weights[3], torch.full((GRID * GRID,), 1.0 / (GRID * GRID)))
+    expected = fuse_first_embed(model, raw_frozen_features(model, images), weights, index)
     feats = model.encode_image(images)
-    masks = two_masks(40, 40)
-    index = torch.tensor([0, 1, 0])
-    emb = model.embed_segments(feats, masks, index)
-    w = pooling_weights(area_weights(masks, (GRID, GRID)))
-    assert feats.glob is not None
-    expected = []
-    for s in range(3):
-        b = int(index[s])
-        z = torch.cat([feats.patch[b], feats.glob[b].expand(GRID * GRID, -1)], dim=1)
-        pooled = (w[s][:, None] * z).sum(0)
-        expected.append(F.normalize(model.segment_head.proj(pooled), dim=0))
-    assert torch.allclose(emb, torch.stack(expected), atol=1e-5)
+    emb = model.embed_segments(feats, masks, index, order=order)  # type: ignore[arg-type]
+    assert emb.shape == expected.shape == (4, 32)
+    assert torch.allclose(emb, expected, atol=1e-5), (emb - expected).abs().max()
+    # The same through precomputed (S, G*G) weights, and one image alone.
+    assert torch.allclose(model.embed_segments(feats, weights, index), expected, atol=1e-5)
+    one = model.encode_image(images[1:])
+    assert torch.allclose(model.embed_segments(one, masks[[0, 2]]), expected[[0, 2]], atol=1e-5)
+
+
+@pytest.mark.parametrize("encoder", ["clip", "clip+dinov2"])
+@pytest.mark.parametrize("use_cls", [True, False])
+def test_gradients_are_equal_in_both_orders(encoder: str, use_cls: bool, components: dict) -> None:
+    model = perturb(build(encoder, components, use_cls))
+    images = torch.rand(2, 3, 40, 40)
+    masks, index = mixed_masks(40, 40)
+    target = torch.randn(4, 32, generator=torch.Generator().manual_seed(0))
+    raw = raw_frozen_features(model, images)
+    weights = model.segment_weights(masks)
+
+    def grads(embed: torch.Tensor) -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        (embed * target).sum().backward()
+        named = {**dict(model.encoder_head.named_parameters(prefix="encoder_head"))}
+        named.update(model.segment_head.named_parameters(prefix="segment_head"))
+        assert all(p.grad is not None for p in named.values())
+        return {k: p.grad.clone() for k, p in named.items() if p.grad is not None}
+
+    reference = grads(fuse_first_embed(model, raw, weights, index))
+    assert len(reference) == len(model.trainable_parameters())
+    for order in ("pool_first", "fuse_first"):
+        got = grads(model.embed_segments(model.encode_image(images), masks, index, order=order))
+        for name, g in reference.items():
+            assert torch.allclose(got[name], g, atol=1e-5, rtol=1e-4), (order, name)
+
+
+def test_auto_order_fuses_first_for_many_segments(components: dict) -> None:
+    model = perturb(build("clip+dinov2", components))
+    cells = GRID * GRID
+    dims = model.encoder_head.fusion_list[0].level_dims
+    assert pool_first_is_cheaper(8, 1, cells, dims, FEATURE_DIM)  # training-sized: pool first
+    assert not pool_first_is_cheaper(200, 1, cells, dims, FEATURE_DIM)  # many: fuse first
+    assert pool_first_is_cheaper(200, 32, cells, dims, FEATURE_DIM)  # ... unless many images
+    images = torch.rand(1, 3, 40, 40)
+    weights = pooling_weights(torch.rand(200, GRID, GRID) * (torch.rand(200, 1, 1) > 0.1))
+    expected = fuse_first_embed(model, raw_frozen_features(model, images), weights, [0] * 200)
+    feats = model.encode_image(images)
+    for order in ("auto", "pool_first"):
+        emb = model.embed_segments(feats, weights, order=order)  # type: ignore[arg-type]
+        assert torch.allclose(emb, expected, atol=1e-5), order
+
+
+def test_image_index_is_checked(components: dict) -> None:
+    model = build("clip", components)
+    feats = model.encode_image(torch.rand(1, 3, 40, 40))
+    with pytest.raises(ValueError, match="out of range"):
+        model.embed_segments(feats, two_masks(40, 40), [0, 1, 0])
+    with pytest.raises(ValueError, match="image_index must be"):
+        model.embed_segments(feats, two_masks(40, 40), [0, 0])
+    assert model.embed_segments(feats, torch.zeros(0, 40, 40)).shape == (0, 32)
 
 
 def test_frozen_backbones_get_no_gradient(components: dict) -> None:

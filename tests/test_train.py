@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from fuse_first_reference import fuse_first_embed, raw_frozen_features
 from safetensors.torch import load_file
 
 from use_core.config import Params
@@ -18,10 +20,10 @@ from use_core.model import build_use_model
 from use_core.train import pairs_from_shapes_gt, shapes_class_names, train_use_model
 from use_core.train.augment import random_scale_crop
 from use_core.train.dataset import SegmentTextDataset, rng_for
-from use_core.train.feature_cache import build_feature_cache
+from use_core.train.feature_cache import CACHE_FORMAT, build_feature_cache
 from use_core.train.loop import _train_step
 from use_core.train.metrics_log import JsonlMetricsLogger
-from use_core.train.views import augmented_view_maker, compute_view_features
+from use_core.train.views import ViewFeatures, augmented_view_maker, compute_view_features
 
 GRID = 8
 
@@ -114,6 +116,38 @@ def test_a_few_steps_lower_the_loss(shapes_small: Path, clip: torch.nn.Module) -
     assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
 
 
+def test_training_steps_match_the_fuse_first_reference(
+    shapes_small: Path, clip: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The product training step (pool first) gives the old per-cell path's loss history."""
+    pairs = pairs_from_shapes_gt(shapes_small, "train")
+    ds = SegmentTextDataset(pairs, shapes_small)
+    maker = augmented_view_maker(ds, 0, 160, 1.0, 1.0, stream=0)
+    items = [(i, maker(i, 0)) for i in range(4)]
+
+    def fresh() -> Any:
+        return build_use_model("clip", {"clip": clip}, feature_dim=16, grid_size=GRID, seed=0)
+
+    model, ref = fresh(), fresh()
+    views = compute_view_features(model, ds, items)
+    raw_views = [
+        ViewFeatures(raw_frozen_features(ref, view.image[None]), v.weights, v.rows)
+        for (_, view), v in zip(items, views, strict=True)
+    ]
+    monkeypatch.setattr(ref, "fuse", lambda frozen: frozen)
+    monkeypatch.setattr(ref, "embed_segments", partial(fuse_first_embed, ref))
+    histories = []
+    for m, vs in ((model, views), (ref, raw_views)):
+        opt = torch.optim.AdamW(m.trainable_parameters(), lr=1e-2)
+        steps = [_train_step(m, opt, ds, vs, rng_for(0, step), 5, 30.0) for step in range(8)]
+        histories.append([r[0] for r in steps if r is not None])
+    assert len(histories[0]) == 8
+    assert np.allclose(histories[0], histories[1], rtol=1e-4, atol=1e-5), histories
+    got, want = model.trainable_state(), ref.trainable_state()
+    for key in want:
+        assert torch.allclose(got[key], want[key], atol=1e-4), key
+
+
 @pytest.mark.slow
 def test_feature_cache_is_deterministic_and_rebuilt_on_change(
     shapes_small: Path, clip: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture
@@ -138,6 +172,17 @@ def test_feature_cache_is_deterministic_and_rebuilt_on_change(
     assert shard.stat().st_mtime_ns == mtime  # reused
     build_feature_cache(tmp_path / "a", "k2", model, ds, 2, maker, shard_images=3)
     assert shard.stat().st_mtime_ns != mtime  # another key: rebuilt
+    # Stored levels are normalised per cell; a cache of raw levels (format 1) is rebuilt.
+    level = va.frozen.levels[0][0].float()
+    assert torch.allclose(level.mean(1), torch.zeros(()), atol=1e-2)
+    manifest_path = tmp_path / "a" / "cache.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["format"] == CACHE_FORMAT == 2
+    manifest_path.write_text(json.dumps({**manifest, "format": 1}))
+    mtime = shard.stat().st_mtime_ns
+    build_feature_cache(tmp_path / "a", "k2", model, ds, 2, maker, shard_images=3)
+    assert shard.stat().st_mtime_ns != mtime
+    assert json.loads(manifest_path.read_text())["format"] == CACHE_FORMAT
 
 
 class Interrupt(Exception):

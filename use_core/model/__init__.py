@@ -4,8 +4,9 @@
 module                  what it holds
 ======================  =====================================================================
 ``backbones``           frozen adapters: CLIP (all blocks), DINOv2 (last l blocks), MobileSAM
-``encoder``             trainable LLNs + learned level scales + cls LLNs; grid resampling
-``head``                mask-area weights per patch, weighted mean, Linear → segment embedding
+``encoder``             per-cell level normalisation (frozen), LLNs + level scales applied per
+                        segment after pooling (exact reorder), cls LLNs; grid resampling
+``head``                mask-area weights per patch (sum 1), Linear → segment embedding
 ``text``                frozen CLIP text encoder, prompt templates, per-run cache
 ``loss``                symmetric segment-text InfoNCE (eq. 1)
 ``use_model``           :class:`USEModel` tying them together, :func:`build_use_model`

@@ -1,7 +1,10 @@
 """The two feature containers between the frozen backbones, the trainable encoder and the head.
 
-``FrozenFeatures`` is what the backbones produce (and what the feature cache stores);
-``ImageFeatures`` is the trainable encoder's output ``z`` that the segment head pools.
+``FrozenFeatures`` is what the frozen part produces — backbone levels on the common grid, each
+cell normalised by the parameter-free part of its level's LayerNorm — and what the training
+feature cache stores; ``ImageFeatures`` is what ``encode_image`` returns: the same normalised
+levels (float32) plus the per-image global part of ``z``. The per-level LLNs run per segment,
+after pooling (see :mod:`use_core.model.encoder`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ class FrozenFeatures:
     """Frozen backbone outputs for ``B`` images, every level resampled to one ``G×G`` grid.
 
     Attributes:
-      levels: ``levels[b][i]`` is ``(B, C_bi, G, G)`` — backbone ``b``, level ``i``.
+      levels: ``levels[b][i]`` is ``(B, C_bi, G, G)`` — backbone ``b``, level ``i``, every cell
+        normalised over its ``C_bi`` channels (``(x − mean) / sqrt(var + eps)``, no affine).
       cls: ``cls[b]`` is ``(B, C_b)`` — the global embedding of backbone ``b``.
     """
 
@@ -64,23 +68,25 @@ class FrozenFeatures:
 
 @dataclass
 class ImageFeatures:
-    """Output ``z`` of the image encoder for ``B`` images on a ``G×G`` grid.
+    """Output of the image encoder for ``B`` images on a ``G×G`` grid, ready for pooling.
 
-    The paper's per-patch feature is ``z = [c, ĉ, d, d̂]``; it is kept factored here as the
-    patch part ``[c, d]`` (per cell) and the global part ``[ĉ, d̂]`` (per image, the same for
-    every cell), which the head concatenates after pooling. Because the head is linear, this
-    fixed reordering of ``z``'s blocks changes nothing.
+    The paper's per-patch feature is ``z = [c, ĉ, d, d̂]``. Its patch part ``[c, d]`` is affine
+    in the normalised levels, so it is kept factored: ``levels`` holds the normalised levels and
+    the LLNs are applied to their weighted means per segment (``ImageEncoderHead.pool_segments``).
+    The global part ``[ĉ, d̂]`` (per image, the same in every cell) is computed here; the head
+    concatenates it after pooling. Because the head is linear, this fixed reordering of ``z``'s
+    blocks changes nothing.
 
     Attributes:
-      patch: ``(B, G*G, P)`` float32, cells in row-major order.
+      levels: ``levels[b][i]`` ``(B, C_bi, G, G)`` float32, normalised per cell, no grad.
       glob: ``(B, Q)`` float32, or ``None`` when cls tokens are off.
       grid: ``(G, G)``.
     """
 
-    patch: torch.Tensor
+    levels: list[list[torch.Tensor]]
     glob: torch.Tensor | None
     grid: tuple[int, int]
 
     @property
     def batch_size(self) -> int:
-        return int(self.patch.shape[0])
+        return int(self.levels[0][0].shape[0])

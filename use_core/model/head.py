@@ -1,5 +1,9 @@
 """Segment embedding head (§3.2): mask-area weights per patch → weighted mean of ``z`` → Linear.
 
+The weighted mean itself is taken by ``ImageEncoderHead.pool_segments`` (it pools the normalised
+levels before their affine LLNs, which is exact because the weights of a segment sum to 1);
+:class:`SegmentHead` is the Linear and the L2 normalisation of the pooled ``z``.
+
 A segment's weight in a patch is the area of the segment inside the patch divided by the patch
 area (the fraction of the patch it covers). :func:`area_weights` computes this exactly for any
 image size, also when ``H`` or ``W`` is not a multiple of the grid (a pixel straddling two cells
@@ -19,8 +23,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from use_core.model.features import ImageFeatures
 
 
 def _overlap_matrix(length: int, cells: int, device: torch.device) -> torch.Tensor:
@@ -51,7 +53,9 @@ def area_weights(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         return F.adaptive_avg_pool2d(m, (gh, gw))
     rows = _overlap_matrix(h, gh, m.device)  # (gh, H)
     cols = _overlap_matrix(w, gw, m.device)  # (gw, W)
-    return torch.einsum("ih,shw,jw->sij", rows, m, cols)
+    # rows · m · colsᵀ per mask, as two plain matmuls (about twice as fast as the einsum).
+    per_row = (m.reshape(s * h, w) @ cols.T).reshape(s, h, gw)
+    return rows @ per_row
 
 
 def pooling_weights(area: torch.Tensor) -> torch.Tensor:
@@ -66,7 +70,7 @@ def pooling_weights(area: torch.Tensor) -> torch.Tensor:
 
 
 class SegmentHead(nn.Module):
-    """Weighted mean of ``z`` over patches, one Linear into the text space, L2 normalised.
+    """One Linear from the pooled ``z`` into the text space, L2 normalised.
 
     Arguments:
       in_dim: width of ``z`` (patch part + global part).
@@ -77,29 +81,6 @@ class SegmentHead(nn.Module):
         super().__init__()
         self.proj = nn.Linear(in_dim, embed_dim)
 
-    def forward(
-        self, features: ImageFeatures, weights: torch.Tensor, image_index: torch.Tensor
-    ) -> torch.Tensor:
-        """Embed ``S`` segments.
-
-        Arguments:
-          features: encoder output for ``B`` images.
-          weights: ``(S, G*G)`` pooling weights (rows sum to 1, see :func:`pooling_weights`).
-          image_index: ``(S,)`` int, the image (``0..B-1``) each segment belongs to.
-        Returns:
-          ``(S, embed_dim)`` float32, unit L2 norm.
-        """
-        s = weights.shape[0]
-        if image_index.shape != (s,):
-            raise ValueError(f"image_index must be ({s},), got {tuple(image_index.shape)}")
-        if s and (int(image_index.min()) < 0 or int(image_index.max()) >= features.batch_size):
-            raise ValueError(f"image_index out of range for a batch of {features.batch_size}")
-        patch = features.patch
-        pooled = patch.new_zeros((s, patch.shape[-1]))
-        for b in torch.unique(image_index).tolist():
-            rows = (image_index == b).nonzero(as_tuple=True)[0]
-            pooled = pooled.index_put((rows,), weights[rows].to(patch.dtype) @ patch[b])
-        if features.glob is not None:
-            # The global part is the same in every cell, so its weighted mean is itself.
-            pooled = torch.cat([pooled, features.glob[image_index]], dim=-1)
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``(S, in_dim)`` weighted means of ``z`` → ``(S, embed_dim)`` float32, unit L2 norm."""
         return F.normalize(self.proj(pooled), dim=-1)

@@ -90,6 +90,22 @@ class TextEncoder(nn.Module):
             return torch.zeros((0, self.embed_dim), device=self._device)
         return torch.stack([self.cache[(tmpl, t)] for t in texts]).to(self._device)
 
+    def warm(self, texts: Sequence[str], templates: Sequence[str] | None = None) -> int:
+        """Encode the uncached ones of ``texts`` now, in sorted order; returns how many.
+
+        A text's embedding depends, in its last bits, on which other prompts share its forward
+        pass (CPU matmul kernels block by batch size). Warming the cache with a run's whole
+        vocabulary in a canonical order makes every text's embedding independent of the order
+        the run asks for them — so a resumed training run equals an uninterrupted one exactly.
+        """
+        tmpl = tuple(_check_templates(templates) if templates is not None else self.templates)
+        missing = sorted({t for t in texts if (tmpl, t) not in self.cache})
+        if missing:
+            for text, emb in zip(missing, self._encode(missing, tmpl), strict=True):
+                self.cache[(tmpl, text)] = emb
+            self.misses += len(missing)
+        return len(missing)
+
     def cache_info(self) -> dict[str, int]:
         """``{"hits", "misses", "size"}`` of the text cache."""
         return {"hits": self.hits, "misses": self.misses, "size": len(self.cache)}

@@ -2,19 +2,24 @@
 
 Expensive work once, cheap work many times::
 
-    feats = model.encode_image(images)                 # backbones + LLNs, once per image
-    emb = model.embed_segments(feats, masks, index)    # any number of segments, one matmul each
+    feats = model.encode_image(images)                 # backbones + per-cell norm, once per image
+    emb = model.embed_segments(feats, masks, index)    # pool, LLNs and Linear per segment
     txt = model.encode_text(["a red circle", ...])      # cached per unique text
 
 ``encode_image`` = ``fuse(frozen_features(images))``: :meth:`USEModel.frozen_features` runs only
-frozen modules (what the training feature cache stores), :meth:`USEModel.fuse` only trainable
-ones.
+frozen work — the backbones, the grid resampling and the parameter-free normalisation of each
+level's LayerNorm (what the training feature cache stores) —, :meth:`USEModel.fuse` the per-image
+trainable work (the cls LLNs). :meth:`USEModel.embed_segments` pools the normalised levels per
+segment and only then applies the per-level LLNs and scales to the ``(S, C)`` means, which is
+exactly the paper's "LLN on every cell, then weighted mean" because everything after the
+normalisation is affine and each segment's weights sum to 1 (:mod:`use_core.model.encoder`; for
+very many segments per image the cells are fused first, also exact).
 
 Common grid. Backbones have different patch grids (tiny CLIP 14×14, DINOv2 32×32 at 448,
 MobileSAM 128/64 per stage at 1024, 56/28 at 448); every level is resampled
-(``grid_resample``) to one fixed ``grid_size × grid_size`` grid before its LLN. The default 32
-gives ~14 px cells on a 448 image and ~18 px on a 560 crop: fine enough for the demo's small
-shapes, coarse enough to cache.
+(``grid_resample``) to one fixed ``grid_size × grid_size`` grid before its normalisation. The
+default 32 gives ~14 px cells on a 448 image and ~18 px on a 560 crop: fine enough for the
+demo's small shapes, coarse enough to cache.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 from torch import nn
 
 from use_core.model.backbones import Backbone, build_backbones, unwrap_component
-from use_core.model.encoder import ImageEncoderHead, resample_grid
+from use_core.model.encoder import ImageEncoderHead, PoolOrder, resample_grid
 from use_core.model.features import FrozenFeatures, ImageFeatures
 from use_core.model.head import SegmentHead, area_weights, pooling_weights
 from use_core.model.text import TextEncoder
@@ -130,7 +135,7 @@ class USEModel(nn.Module):
         """Move everything to ``device``; frozen backbones in fp16 if ``half_backbones``.
 
         The trainable heads and the text encoder stay float32 (backbone outputs are cast to
-        float32 before the LLNs).
+        float32 before their normalisation).
         """
         self.to(device)
         if half_backbones:
@@ -140,22 +145,27 @@ class USEModel(nn.Module):
 
     # -- image side ----------------------------------------------------------------------------
     def frozen_features(self, images: torch.Tensor) -> FrozenFeatures:
-        """Run the frozen backbones (no grad): images → every level on the common grid.
+        """Run the frozen part (no grad): images → every level on the common grid, normalised.
 
         Arguments:
           images: ``(B, 3, H, W)`` RGB, uint8 in [0, 255] or float in [0, 1].
+        Each level is resampled to the grid, cast to float32 and normalised per cell over its
+        channels (the parameter-free part of its LayerNorm).
         """
         x = images_to_float(images)
         levels, cls = [], []
         with torch.no_grad():
             for backbone in self.backbone_list:
                 out = backbone(x)
-                levels.append([resample_grid(t, self.grid, self.grid_resample) for t in out.levels])
+                levels.append(
+                    [resample_grid(t, self.grid, self.grid_resample).float() for t in out.levels]
+                )
                 cls.append(out.cls)
+            levels = self.encoder_head.normalize(levels)
         return FrozenFeatures(levels=levels, cls=cls)
 
     def fuse(self, frozen: FrozenFeatures) -> ImageFeatures:
-        """Trainable part of the encoder: LLNs, level scales, cls LLNs → ``z``."""
+        """Per-image trainable part of the encoder (the cls LLNs), features to float32."""
         if frozen.grid != self.grid:
             raise ValueError(f"features on grid {frozen.grid}, model expects {self.grid}")
         return self.encoder_head(frozen.to(device=self.device, dtype=torch.float32))
@@ -174,24 +184,33 @@ class USEModel(nn.Module):
         features: ImageFeatures,
         masks: torch.Tensor,
         image_index: torch.Tensor | Sequence[int] | None = None,
+        order: PoolOrder = "auto",
     ) -> torch.Tensor:
-        """Embed ``S`` segments of already encoded images.
+        """Embed ``S`` segments of already encoded images (the training step's path too).
 
         Arguments:
           features: :meth:`encode_image` output for ``B`` images.
           masks: ``(S, H, W)`` bool/float masks, in the coordinates of the images given to
             :meth:`encode_image` (all of one size); or ``(S, G*G)`` precomputed pooling weights.
           image_index: ``(S,)`` image of each segment in ``0..B-1`` (default all 0).
+          order: ``auto`` (the cheaper exact order) / ``pool_first`` / ``fuse_first``, see
+            ``ImageEncoderHead.pool_segments``.
         Returns:
           ``(S, embed_dim)`` float32, unit L2 norm.
         """
         masks = masks.to(self.device)
         weights = masks.float() if masks.ndim == 2 else self.segment_weights(masks)
+        s = weights.shape[0]
         if image_index is None:
-            index = torch.zeros(weights.shape[0], dtype=torch.long, device=self.device)
+            index = torch.zeros(s, dtype=torch.long, device=self.device)
         else:
             index = torch.as_tensor(image_index, dtype=torch.long, device=self.device)
-        return self.segment_head(features, weights, index)
+        if index.shape != (s,):
+            raise ValueError(f"image_index must be ({s},), got {tuple(index.shape)}")
+        if s and (int(index.min()) < 0 or int(index.max()) >= features.batch_size):
+            raise ValueError(f"image_index out of range for a batch of {features.batch_size}")
+        pooled = self.encoder_head.pool_segments(features, weights, index, order)
+        return self.segment_head(pooled)
 
     def encode_text(
         self, texts: Sequence[str], templates: Sequence[str] | None = None

@@ -6,16 +6,19 @@ backbone. Views are fixed per (seed, image, view index), so the cache is determi
 
 Layout under ``root``::
 
-    cache.json                  {"key", "num_images", "views", "shard_images", "levels", ...}
+    cache.json                  {"key", "format", "num_images", "views", "shard_images", ...}
     shard_00000.safetensors     images [0, shard_images) × all views
 
 Tensor names in a shard: ``{image}/{view}/b{b}/l{i}`` (level ``i`` of backbone ``b``,
-``(1, C, G, G)`` fp16), ``{image}/{view}/b{b}/cls`` (``(1, C)`` fp16), ``{image}/{view}/weights``
-(``(K, G*G)`` float32), ``{image}/{view}/rows`` (``(K,)`` int64).
+``(1, C, G, G)`` fp16, every cell already normalised over its channels — the parameter-free part
+of the level's LayerNorm, see ``USEModel.frozen_features``), ``{image}/{view}/b{b}/cls``
+(``(1, C)`` fp16), ``{image}/{view}/weights`` (``(K, G*G)`` float32), ``{image}/{view}/rows``
+(``(K,)`` int64).
 
 A shard file appears atomically (temporary name, then rename): an interrupted build resumes at
 the first missing shard. A cache whose ``key`` (model spec, data fingerprint, augmentation
-params, seed, views) differs from the requested one is deleted and rebuilt.
+params, seed, views) or ``format`` (:data:`CACHE_FORMAT`, what the tensors mean) differs from
+the requested one is deleted and rebuilt.
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ from use_core.train.views import ViewFeatures, ViewMaker, compute_view_features
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+# What the stored level tensors are: 1 = raw backbone levels, 2 = levels normalised per cell.
+# Kept out of the cache key (which also fingerprints training runs) so a format change rebuilds
+# the cache without making existing run checkpoints "another run".
+CACHE_FORMAT = 2
 MANIFEST = "cache.json"
 
 
@@ -141,6 +148,7 @@ def build_feature_cache(
     manifest_path = root / MANIFEST
     manifest: dict[str, Any] = {
         "key": key,
+        "format": CACHE_FORMAT,
         "num_images": len(dataset),
         "views": views,
         "shard_images": shard_images,
@@ -150,7 +158,7 @@ def build_feature_cache(
     stored = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
     if stored != manifest:
         if stored is not None:
-            log.info("feature cache %s is stale (different key or layout): rebuilding", root)
+            log.info("feature cache %s is stale (key, format or layout): rebuilding", root)
         _reset(root)
     cache = FeatureCache(root, len(dataset), views, shard_images, manifest["levels"])
     num_shards = -(-len(dataset) // shard_images)

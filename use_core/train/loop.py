@@ -126,7 +126,7 @@ def _train_step(
     text_index = torch.as_tensor([position[t] for t in texts], dtype=torch.long, device=device)
     txt = model.encode_text(unique)
     feats = model.fuse(FrozenFeatures.cat([v.frozen for v in views]))
-    seg = model.segment_head(feats, torch.cat(weights).to(device), torch.cat(index).to(device))
+    seg = model.embed_segments(feats, torch.cat(weights), torch.cat(index))
     loss = segment_text_loss(seg, txt, logit_scale, text_index)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -207,6 +207,11 @@ def train_use_model(
         text_templates=cfg.text_templates,
         seed=cfg.seed,
     ).place(dev, half_backbones=dev.type == "cuda" and params.runtime.half_precision_on_gpu)
+    # The run's whole vocabulary, encoded once in a canonical order, so that a text's embedding
+    # does not depend on the batch it first appears in (exact resume; TextEncoder.warm).
+    model.text_encoder.warm(
+        [t for ds in (train_ds, val_ds) if ds is not None for texts in ds.texts for t in texts]
+    )
     fingerprint = cache_key(
         {
             "train": cfg.model_dump(mode="json"),

@@ -32,8 +32,7 @@ def embed_views(model: USEModel, views: Sequence[ViewFeatures]) -> tuple[torch.T
         if len(view.rows) == 0:
             continue
         feats = model.fuse(view.frozen)
-        index = torch.zeros(len(view.rows), dtype=torch.long, device=model.device)
-        embs.append(model.segment_head(feats, view.weights.to(model.device), index))
+        embs.append(model.embed_segments(feats, view.weights))
         rows.append(view.rows)
     if not embs:
         return torch.zeros((0, model.embed_dim)), np.zeros(0, dtype=np.int64)
