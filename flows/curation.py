@@ -6,10 +6,11 @@ Finished shards are skipped (their key is already in the store), so a re-run res
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task, unmapped
+from prefect import flow, task
 
 from flows.runners import make_task_runner
 from use_core.config import Params, load_params
@@ -40,16 +41,31 @@ def report_task(params: Params, metrics_path: str) -> dict[str, Any]:
 
 
 def run_curation_stages(params: Params, plan: Plan) -> dict[str, list[dict[str, Any]]]:
-    """Map every stage over the plan's shards, stage after stage, inside the current flow."""
+    """Run every shard's chain caption → ground → masks → nms on the task runner.
+
+    A shard's next stage starts as soon as its own previous stage is stored (``wait_for``),
+    with no barrier between stages, so workers never idle waiting for another shard's slowest
+    stage. Every stage's store is locked for the whole run (in stage order, as ``use`` does
+    stage by stage); stale shards are pruned at the end.
+    """
     from use_core.curation.stages import quarantine_for
 
-    results: dict[str, list[dict[str, Any]]] = {}
-    for stage in STAGES:
-        with store_for(stage, params).lock():
-            if stage == "caption":
-                quarantine_for("sources", params).write("plan", plan.quarantine)
-            futures = shard_task.map(unmapped(stage), plan.shards, unmapped(params))
-            results[stage] = [f.result() for f in futures]
+    with ExitStack() as locks:
+        for stage in STAGES:
+            locks.enter_context(store_for(stage, params).lock())
+        quarantine_for("sources", params).write("plan", plan.quarantine)
+        futures: dict[str, list[Any]] = {}
+        previous: list[Any] | None = None
+        for stage in STAGES:  # stage-major submission: runners start the earliest work first
+            futures[stage] = [
+                shard_task.submit(
+                    stage, shard, params, wait_for=[previous[i]] if previous is not None else None
+                )
+                for i, shard in enumerate(plan.shards)
+            ]
+            previous = futures[stage]
+        results = {stage: [f.result() for f in futures[stage]] for stage in STAGES}
+        for stage in STAGES:
             prune_stage(stage, params, plan)
     return results
 
