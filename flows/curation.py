@@ -59,7 +59,11 @@ def run_curation_stages(params: Params, plan: Plan) -> dict[str, list[dict[str, 
         for stage in STAGES:  # stage-major submission: runners start the earliest work first
             futures[stage] = [
                 shard_task.submit(
-                    stage, shard, params, wait_for=[previous[i]] if previous is not None else None
+                    stage,
+                    shard,
+                    params,
+                    return_state=False,
+                    wait_for=[previous[i]] if previous is not None else None,
                 )
                 for i, shard in enumerate(plan.shards)
             ]
