@@ -75,7 +75,7 @@ class TextEncoder(nn.Module):
 
     def forward(self, texts: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
         """Embed ``texts`` (``(T, E)`` float32 on the model's device; cached per text)."""
-        tmpl = tuple(_check_templates(templates) if templates is not None else self.templates)
+        tmpl = self._templates(templates)
         missing: dict[str, None] = {}  # ordered set of texts to encode now
         for text in texts:
             if (tmpl, text) in self.cache or text in missing:
@@ -83,9 +83,7 @@ class TextEncoder(nn.Module):
             else:
                 missing[text] = None
                 self.misses += 1
-        if missing:
-            for text, emb in zip(missing, self._encode(list(missing), tmpl), strict=True):
-                self.cache[(tmpl, text)] = emb
+        self._fill(list(missing), tmpl)
         if not texts:
             return torch.zeros((0, self.embed_dim), device=self._device)
         return torch.stack([self.cache[(tmpl, t)] for t in texts]).to(self._device)
@@ -98,17 +96,24 @@ class TextEncoder(nn.Module):
         vocabulary in a canonical order makes every text's embedding independent of the order
         the run asks for them — so a resumed training run equals an uninterrupted one exactly.
         """
-        tmpl = tuple(_check_templates(templates) if templates is not None else self.templates)
+        tmpl = self._templates(templates)
         missing = sorted({t for t in texts if (tmpl, t) not in self.cache})
-        if missing:
-            for text, emb in zip(missing, self._encode(missing, tmpl), strict=True):
-                self.cache[(tmpl, text)] = emb
-            self.misses += len(missing)
+        self._fill(missing, tmpl)
+        self.misses += len(missing)
         return len(missing)
 
     def cache_info(self) -> dict[str, int]:
         """``{"hits", "misses", "size"}`` of the text cache."""
         return {"hits": self.hits, "misses": self.misses, "size": len(self.cache)}
+
+    def _templates(self, templates: Sequence[str] | None) -> tuple[str, ...]:
+        return tuple(_check_templates(templates) if templates is not None else self.templates)
+
+    def _fill(self, texts: list[str], templates: tuple[str, ...]) -> None:
+        """Encode ``texts`` (none cached yet) in the given order and cache them."""
+        if texts:
+            for text, emb in zip(texts, self._encode(texts, templates), strict=True):
+                self.cache[(templates, text)] = emb
 
     def _encode(self, texts: list[str], templates: tuple[str, ...]) -> torch.Tensor:
         prompts = [tpl.format(t) for t in texts for tpl in templates]
