@@ -46,12 +46,17 @@ def _overrides(pairs: list[str] | None) -> dict[str, Any]:
 
 
 def get_params(path: Path, sets: list[str] | None = None) -> Params:
-    """Load and validate params, turning a config error into a clean CLI error."""
+    """Load and validate params (a config error becomes a clean CLI error); apply ``runtime``."""
     try:
-        return load_params(path, _overrides(sets))
+        params = load_params(path, _overrides(sets))
     except ConfigError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(code=2) from None
+    if params.runtime.retain_freed_memory:
+        from use_core.malloc import retain_freed_memory
+
+        retain_freed_memory()  # before any model runs: freed activations are reused
+    return params
 
 
 @app.command("params")

@@ -236,6 +236,10 @@ class RuntimeConfig(Strict):
     task_runner: Literal["threads", "dask", "ray"] = "threads"
     dask_address: str | None = None
     dask_workers: int = Field(2, ge=1)
+    retain_freed_memory: bool = Field(
+        True,
+        description="glibc malloc keeps freed memory for reuse (use_core.malloc)",
+    )
     seed: int = 0
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "use"

@@ -1,0 +1,107 @@
+"""glibc malloc keeps freed memory: measured as page faults of a reused 64 MiB buffer.
+
+Each check runs in a fresh process (a new interpreter or a real Dask worker), because the
+settings are process-wide and only apply to allocations made after them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from use_core.malloc import is_glibc, malloc_env
+
+pytestmark = pytest.mark.skipif(not is_glibc(), reason="glibc malloc only")
+
+BLOCK = 64 * 2**20  # above glibc's largest dynamic mmap threshold (32 MiB): mmap'd by default
+PAGES = BLOCK // 4096
+
+
+def faults_per_reuse(rounds: int = 8) -> float:
+    """Minor page faults per malloc-touch-free of one 64 MiB block, in a new thread."""
+    import ctypes
+    import resource
+    import threading
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    out: list[float] = []
+
+    def touch_and_free() -> None:
+        block = libc.malloc(BLOCK)
+        assert block, "malloc failed"
+        ctypes.memset(block, 1, BLOCK)
+        libc.free(block)
+
+    def body() -> None:
+        touch_and_free()  # first touch: faults in any case
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(rounds):
+            touch_and_free()
+        out.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / rounds)
+
+    thread = threading.Thread(target=body)  # Prefect and Dask run tasks in threads
+    thread.start()
+    thread.join()
+    return out[0]
+
+
+def _in_new_process(retain: bool) -> float:
+    code = textwrap.dedent(
+        f"""
+        from use_core.malloc import retain_freed_memory
+        from tests.test_malloc import faults_per_reuse
+        assert retain_freed_memory() if {retain} else True
+        print(faults_per_reuse())
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in malloc_env()}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return float(done.stdout.split()[-1])
+
+
+def test_retain_freed_memory_stops_refaulting() -> None:
+    default = _in_new_process(retain=False)
+    retained = _in_new_process(retain=True)
+    assert default > 0.5 * PAGES, default  # every reuse re-faults (nearly) every page
+    assert retained < 0.01 * PAGES, retained
+
+
+def test_dask_workers_start_with_the_settings() -> None:
+    from distributed import Client, LocalCluster
+
+    from flows.runners import local_cluster_retaining_memory
+
+    kwargs = {"n_workers": 1, "threads_per_worker": 1, "processes": True}
+    kwargs["dashboard_address"] = None
+    with local_cluster_retaining_memory(**kwargs) as cluster, Client(cluster) as client:
+        env = client.run(lambda: {k: __import__("os").environ.get(k) for k in malloc_env()})
+        retained = client.submit(faults_per_reuse, pure=False).result()
+    assert list(env.values()) == [malloc_env()]
+    assert retained < 0.01 * PAGES, retained
+    assert not set(malloc_env()) & set(os.environ)  # this process's environment is left as is
+    with LocalCluster(**kwargs) as cluster, Client(cluster) as client:  # Dask's own default
+        default = client.submit(faults_per_reuse, pure=False).result()
+    assert default > 0.5 * PAGES, default
+
+
+def test_runner_uses_it_only_when_enabled() -> None:
+    from flows.runners import local_cluster_retaining_memory, make_task_runner
+    from use_core.config import RuntimeConfig
+
+    on = make_task_runner(RuntimeConfig(task_runner="dask"))
+    off = make_task_runner(RuntimeConfig(task_runner="dask", retain_freed_memory=False))
+    assert on.cluster_class is local_cluster_retaining_memory
+    assert off.cluster_class is None

@@ -1,0 +1,57 @@
+"""glibc malloc tuning: keep freed memory in the process for reuse.
+
+Left to its defaults, glibc hands every large freed block straight back to the kernel (mmap /
+munmap above a dynamic threshold, heap trimming), so each image's activations are page-faulted
+and zeroed again. Measured on the MobileSAM encoder + box decoder, 1 torch thread, per image:
+0.5 M minor faults and 0.7 s of kernel time with the defaults, 1.6 M and 2.2 s with Dask's
+worker default (``MALLOC_TRIM_THRESHOLD_=65536``), about 5 k and 0.03 s with these settings
+(encoder 1.75 s -> 1.2 s). Two processes faulting at once also slow each other (about 11 %).
+One arena, so that threads (Prefect and Dask run tasks in threads) share the retained heap.
+Resident memory then stays at its peak instead of shrinking between images.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+
+_ARENA_MAX = 1
+_KEEP_BYTES = 2**31 - 1  # mallopt takes an int: blocks up to 2 GiB come from the kept heap
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+
+
+def malloc_env() -> dict[str, str]:
+    """Environment variables with the same effect, for processes about to be started.
+
+    They only act when set before a process starts: :mod:`flows.runners` hands them to Dask's
+    nanny (``distributed.nanny.pre-spawn-environ``). Other C libraries ignore them.
+    """
+    return {
+        "MALLOC_ARENA_MAX": str(_ARENA_MAX),
+        "MALLOC_MMAP_THRESHOLD_": str(_KEEP_BYTES),
+        "MALLOC_TRIM_THRESHOLD_": str(_KEEP_BYTES),
+    }
+
+
+def is_glibc() -> bool:
+    """True on Linux with glibc (where these settings exist)."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
+def retain_freed_memory() -> bool:
+    """Make this process's glibc malloc keep freed memory for reuse (``mallopt``).
+
+    Call it early, before worker threads start: threads created afterwards share the main
+    arena. Returns False, changing nothing, where the C library is not glibc.
+    """
+    if not is_glibc():
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    ok = mallopt(_M_ARENA_MAX, _ARENA_MAX)
+    ok &= mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)
+    ok &= mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES)
+    return bool(ok)
