@@ -82,11 +82,11 @@ def test_retain_freed_memory_stops_refaulting() -> None:
 def test_dask_workers_start_with_the_settings() -> None:
     from distributed import Client, LocalCluster
 
-    from flows.runners import local_cluster_retaining_memory
+    from flows.runners import local_cluster
 
     kwargs = {"n_workers": 1, "threads_per_worker": 1, "processes": True}
     kwargs["dashboard_address"] = None
-    with local_cluster_retaining_memory(**kwargs) as cluster, Client(cluster) as client:
+    with local_cluster(**kwargs) as cluster, Client(cluster) as client:
         env = client.run(lambda: {k: __import__("os").environ.get(k) for k in malloc_env()})
         retained = client.submit(faults_per_reuse, pure=False).result()
     assert list(env.values()) == [malloc_env()]
@@ -98,10 +98,20 @@ def test_dask_workers_start_with_the_settings() -> None:
 
 
 def test_runner_uses_it_only_when_enabled() -> None:
-    from flows.runners import local_cluster_retaining_memory, make_task_runner
+    from distributed import Client
+
+    from flows.runners import QUIET_WORKER_CONFIG, local_cluster, make_task_runner
     from use_core.config import RuntimeConfig
 
     on = make_task_runner(RuntimeConfig(task_runner="dask"))
     off = make_task_runner(RuntimeConfig(task_runner="dask", retain_freed_memory=False))
-    assert on.cluster_class is local_cluster_retaining_memory
-    assert off.cluster_class is None
+    assert on.cluster_class is off.cluster_class is local_cluster
+    assert on.cluster_kwargs["retain_freed_memory"] is True
+    kwargs = {**off.cluster_kwargs, "n_workers": 1}
+    with local_cluster(**kwargs) as cluster, Client(cluster) as client:
+        env = client.run(lambda: __import__("os").environ.get("MALLOC_ARENA_MAX"))
+        config = client.run(
+            lambda: {k: __import__("dask").config.get(k) for k in QUIET_WORKER_CONFIG}
+        )
+    assert list(env.values()) == [None]
+    assert list(config.values()) == [QUIET_WORKER_CONFIG]
