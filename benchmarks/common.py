@@ -13,6 +13,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -110,32 +111,47 @@ def self_peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+# Linux starts a new program's peak RSS (ru_maxrss) at the RSS of the process it was forked
+# from, so a child of a large benchmark process reports at least the parent's size. A small
+# launcher in between forks the program from a ~10 MiB process and reports its wait4 peak.
+_LAUNCHER = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(str(usage.ru_maxrss))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run_child(
     args: Sequence[str], cwd: Path | str | None = None, env: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
     """Run a child process to completion; its wall time, exit code and peak RSS.
 
-    The peak RSS comes from ``wait4``'s resource usage of that child (which on Linux covers
-    the descendants it waited for), in MiB. Output is captured; the tail of stderr is kept.
+    The peak RSS is ``wait4``'s resource usage of that child (on Linux it covers the
+    descendants it waited for), in MiB, measured through :data:`_LAUNCHER` so that this
+    process's own size does not count. Output is captured; the tail of stderr is kept.
     """
     full_env = {**os.environ, **QUIET_ENV, **(env or {})}
     start = time.perf_counter()
-    with (
-        open(os.devnull, "wb") as devnull,
-        subprocess.Popen(
-            list(args), cwd=cwd, env=full_env, stdout=devnull, stderr=subprocess.PIPE
-        ) as proc,
-    ):
-        assert proc.stderr is not None
-        err = proc.stderr.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryDirectory() as tmp:
+        peak_file = Path(tmp) / "maxrss"
+        done = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, str(peak_file), *args],
+            cwd=cwd,
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        peak_kib = float(peak_file.read_text()) if peak_file.exists() else float("nan")
     return {
         "args": list(args),
-        "returncode": proc.returncode,
+        "returncode": done.returncode,
         "seconds": time.perf_counter() - start,
-        "peak_rss_mib": usage.ru_maxrss / 1024.0,
-        "stderr_tail": err.decode(errors="replace")[-2000:],
+        "peak_rss_mib": peak_kib / 1024.0,
+        "stderr_tail": done.stderr.decode(errors="replace")[-2000:],
     }
 
 

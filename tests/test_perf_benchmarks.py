@@ -129,6 +129,16 @@ def test_run_child_reports_the_childs_peak_memory(tmp_path: Path) -> None:
     assert failing["returncode"] == 3
 
 
+def test_run_child_peak_leaves_out_this_processs_size(tmp_path: Path) -> None:
+    """A child forked straight from a big process would report at least the parent's RSS."""
+    ballast = bytearray(600 * 2**20)
+    ballast[::4096] = b"1" * len(ballast[::4096])  # touch it: this process is now > 600 MiB
+    out = run_child([sys.executable, "-c", "pass"], cwd=tmp_path)
+    assert out["returncode"] == 0
+    assert 1 < out["peak_rss_mib"] < 200, out["peak_rss_mib"]
+    del ballast
+
+
 def test_run_all_writes_results_with_the_machine(tmp_path: Path) -> None:
     from benchmarks.run_all import main
 
