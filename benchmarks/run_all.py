@@ -77,6 +77,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from use_core.malloc import retain_freed_memory
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
     parser.add_argument("--only", default="", help="comma-separated ids, e.g. P1,P3")
@@ -87,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [i for i in ids if i not in MODULES]
     if unknown:
         parser.error(f"unknown benchmark ids {unknown}; known: {', '.join(MODULES)}")
-    machine = machine_info()
+    # the process setup of a `use` command (runtime.retain_freed_memory, on by default): the
+    # product paths measured here run in such processes; off, SAM's encoder page-faults its
+    # activations and runs ~1.4x slower, which flatters ratios with an encoder in them (P2)
+    machine = {**machine_info(), "malloc_retains_freed_memory": retain_freed_memory()}
     started = time.time()
     results = run_benchmarks(ids, quick=args.quick)
     doc = {
