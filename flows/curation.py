@@ -16,7 +16,7 @@ from flows.runners import make_task_runner
 from use_core.config import Params, load_params
 from use_core.curation.plan import Plan, Shard, build_plan
 from use_core.curation.stages import STAGES, process_shard, prune_stage, store_for
-from use_core.malloc import retain_freed_memory
+from use_core.malloc import apply_runtime
 
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="{stage}-shard-{shard.index}")
@@ -83,8 +83,7 @@ def curation_flow(
 ) -> dict[str, Any]:
     """captions → expressions + grounding → SAM masks → mask NMS → pairs, then statistics."""
     params = load_params(params_path, overrides)
-    if params.runtime.retain_freed_memory:
-        retain_freed_memory()  # the threads runner's tasks run in this process
+    apply_runtime(params.runtime)  # the threads runner's tasks run in this process
     plan = plan_task(params)
     results = run_curation_stages(params, plan)
     stats = report_task(params, metrics_path)

@@ -10,6 +10,7 @@ from typing import Any
 from prefect import flow, task
 
 from use_core.config import Params, load_params
+from use_core.malloc import apply_runtime
 
 
 @task
@@ -44,6 +45,7 @@ def register_task(params: Params) -> dict[str, Any]:
 def training_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None) -> Any:
     """Gate the pairs, then train the USE head (resumes from its last checkpoint)."""
     params = load_params(params_path, overrides)
+    apply_runtime(params.runtime)
     checks_task(params)
     return train_task(params)
 
@@ -54,5 +56,6 @@ def evaluation_flow(
 ) -> dict[str, Any]:
     """Evaluate the trained model on every configured benchmark, then register it."""
     params = load_params(params_path, overrides)
+    apply_runtime(params.runtime)
     results = {b: evaluate_task(params, b) for b in params.eval.benchmarks}
     return {"benchmarks": results, "register": register_task(params)}

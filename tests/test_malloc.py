@@ -54,9 +54,10 @@ def faults_per_reuse(rounds: int = 8) -> float:
 def _in_new_process(retain: bool) -> float:
     code = textwrap.dedent(
         f"""
-        from use_core.malloc import retain_freed_memory
+        from use_core.config import RuntimeConfig
+        from use_core.malloc import apply_runtime
         from tests.test_malloc import faults_per_reuse
-        assert retain_freed_memory() if {retain} else True
+        assert apply_runtime(RuntimeConfig(retain_freed_memory={retain})) is {retain}
         print(faults_per_reuse())
         """
     )

@@ -52,10 +52,9 @@ def get_params(path: Path, sets: list[str] | None = None) -> Params:
     except ConfigError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(code=2) from None
-    if params.runtime.retain_freed_memory:
-        from use_core.malloc import retain_freed_memory
+    from use_core.malloc import apply_runtime
 
-        retain_freed_memory()  # before any model runs: freed activations are reused
+    apply_runtime(params.runtime)  # before any model runs: freed activations are reused
     return params
 
 

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import ctypes
 import platform
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from use_core.config import RuntimeConfig
 
 _ARENA_MAX = 1
 _KEEP_BYTES = 2**31 - 1  # mallopt takes an int: blocks up to 2 GiB come from the kept heap
@@ -55,3 +59,8 @@ def retain_freed_memory() -> bool:
     ok &= mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)
     ok &= mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES)
     return bool(ok)
+
+
+def apply_runtime(runtime_cfg: RuntimeConfig) -> bool:
+    """``runtime.retain_freed_memory`` for this process: what ``use`` commands and flows call."""
+    return retain_freed_memory() if runtime_cfg.retain_freed_memory else False
