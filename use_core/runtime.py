@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -46,3 +48,36 @@ def set_threads(n: int) -> None:
         raise ValueError(f"thread count must be >= 0, got {n}")
     if n > 0:
         torch.set_num_threads(n)
+
+
+def run_split(run: Callable[[int, int], None], n: int, parts: int | None = None) -> None:
+    """``run(start, stop)`` over ``range(n)`` split in contiguous parts, at most one per torch
+    intra-op thread (and at most ``parts``), each part in its own Python thread running
+    single-threaded torch ops; torch's thread count is restored afterwards.
+
+    For many small, independent pieces of work (one SAM prompt, one mask): split across
+    OpenMP threads every small op waits at a barrier for the slowest thread, which on a shared
+    machine is often descheduled (measured: 2 threads slower than 1 under load). Whole pieces
+    per thread need no barrier; torch ops, OpenCV and most of NumPy release the GIL. With one
+    thread (or one piece) ``run(0, n)`` runs in the calling thread.
+    """
+    threads = torch.get_num_threads()
+    workers = min(threads, n, parts if parts is not None else n)
+    if workers <= 1:
+        run(0, n)
+        return
+    bounds = [round(i * n / workers) for i in range(workers + 1)]
+    grad = torch.is_grad_enabled()
+    inference = torch.is_inference_mode_enabled()
+
+    def part(i: int) -> None:
+        torch.set_num_threads(1)
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            run(bounds[i], bounds[i + 1])
+
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(part, range(workers)))
+    finally:
+        torch.set_num_threads(threads)

@@ -17,7 +17,9 @@ the winner is upsampled, with SAM's own ``postprocess_masks`` (pad-crop-resize) 
 other candidates are within ``REFINE_MARGIN`` of it: such near-ties (three almost identical
 masks of a solid object, whose low-res ranking is noise) are upsampled too and decided at
 full resolution, so the choice agrees with SAM's full-resolution ranking. The reported
-stability is always the full-resolution one.
+stability is always the full-resolution one. Decoding and this per-box finishing (ranking,
+upsampling, thresholds, hole and island cleaning) each run split over torch's threads, whole
+boxes per thread (:func:`use_core.runtime.run_split`).
 
 Works with ``segment_anything`` and ``mobile_sam`` models (same API) or their ``SamPredictor``.
 Boxes are xyxy in pixels of the input image; images are HWC uint8 RGB.
@@ -34,6 +36,7 @@ from segment_anything.utils.amg import calculate_stability_score, remove_small_r
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from use_core.curation.sam_decoder import decode_prompts
+from use_core.runtime import run_split
 
 STABILITY_OFFSET = 1.0  # segment-anything's default stability_score_offset
 # Candidates whose low-res stability is this close to the best are re-ranked at full size.
@@ -147,19 +150,62 @@ def _upsample(sam: Any, emb: ImageEmbedding, low_res: torch.Tensor) -> torch.Ten
     return torch.cat(parts) if parts else low_res.new_zeros((0, *emb.original_size))
 
 
-@torch.inference_mode()
-def _decode_chunk(
-    sam: Any, emb: ImageEmbedding, boxes: np.ndarray
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Best-stability candidate per box.
+@dataclass
+class _BoxOutcome:
+    """One prompted box: its chosen candidate's scores, and its mask or why there is none."""
+
+    stability: float
+    pred_iou: float
+    candidate: int
+    mask: np.ndarray | None = None
+    reason: str | None = None
+
+
+def _finish_box(
+    sam: Any,
+    emb: ImageEmbedding,
+    low_res: torch.Tensor,
+    iou_pred: torch.Tensor,
+    pred_iou_threshold: float,
+    stability_threshold: float,
+    min_region_area: int,
+) -> _BoxOutcome:
+    """Best-stability candidate of one box (``low_res`` (3, 256, 256), ``iou_pred`` (3,)),
+    thresholded and cleaned.
 
     The three candidates are ranked on their 256×256 logits; those within
     :data:`REFINE_MARGIN` of the best (near-ties, e.g. three almost identical masks of a solid
     object) are upsampled and ranked again at full resolution, as SAM itself ranks them. Other
     candidates are never upsampled. Stability is reported at full resolution.
-
-    Returns masks (B, H, W) bool, stability (B,), pred_iou (B,), candidate index (B,) int64.
     """
+    # an all-background candidate has stability 0/0: count it as 0
+    low_stab = calculate_stability_score(low_res, sam.mask_threshold, STABILITY_OFFSET)
+    low_stab = low_stab.nan_to_num(0.0)
+    near = torch.nonzero(low_stab >= low_stab.max() - REFINE_MARGIN)[:, 0]
+    full = _upsample(sam, emb, low_res[near])  # (n, H, W)
+    full_stab = calculate_stability_score(full, sam.mask_threshold, STABILITY_OFFSET)
+    best = int(full_stab.nan_to_num(0.0).float().argmax())  # first index on ties
+    cand = int(near[best])
+    out = _BoxOutcome(float(full_stab[best].nan_to_num(0.0)), float(iou_pred[cand]), cand)
+    if out.pred_iou < pred_iou_threshold:
+        out.reason = f"predicted IoU {out.pred_iou:.3f} < {pred_iou_threshold}"
+    elif out.stability < stability_threshold:
+        out.reason = f"stability {out.stability:.3f} < {stability_threshold}"
+    else:
+        mask = _clean((full[best] > sam.mask_threshold).cpu().numpy(), min_region_area)
+        if mask.any():
+            out.mask = mask
+        else:
+            out.reason = "empty mask after post-processing"
+    return out
+
+
+@torch.inference_mode()
+def _masks_for_chunk(
+    sam: Any, emb: ImageEmbedding, boxes: np.ndarray, **thresholds: Any
+) -> list[_BoxOutcome]:
+    """Decode a chunk of boxes in one batch, then finish each box (:func:`_finish_box`); on a
+    CPU both phases run split over torch's threads (:func:`use_core.runtime.run_split`)."""
     transform = ResizeLongestSide(sam.image_encoder.img_size)
     box_t = torch.as_tensor(
         transform.apply_boxes(boxes, emb.original_size), dtype=torch.float32, device=sam.device
@@ -167,24 +213,14 @@ def _decode_chunk(
     sparse, dense = sam.prompt_encoder(points=None, boxes=box_t, masks=None)
     # (B, 3, 256, 256) logits, (B, 3): SAM's decoder without per-prompt image copies
     low_res, iou_pred = decode_prompts(sam, emb.features, sparse, dense)
-    # an all-background candidate has stability 0/0: count it as 0
-    low_stab = calculate_stability_score(low_res, sam.mask_threshold, STABILITY_OFFSET)
-    low_stab = low_stab.nan_to_num(0.0)
-    near = low_stab >= low_stab.max(dim=1, keepdim=True).values - REFINE_MARGIN  # (B, 3)
-    box_i, cand_i = torch.nonzero(near, as_tuple=True)  # row-major: grouped by box
-    full = _upsample(sam, emb, low_res[box_i, cand_i])  # (n, H, W)
-    full_stab = calculate_stability_score(full, sam.mask_threshold, STABILITY_OFFSET).nan_to_num(
-        0.0
-    )
-    n_boxes, dev = low_res.shape[0], low_res.device
-    scores = torch.full((n_boxes, 3), -1.0, device=dev)  # full-res stability of near candidates
-    scores[box_i, cand_i] = full_stab.float()
-    stack_index = torch.full((n_boxes, 3), -1, dtype=torch.long, device=dev)
-    stack_index[box_i, cand_i] = torch.arange(box_i.shape[0], device=dev)
-    best = scores.argmax(dim=1)  # first index on ties
-    rows = torch.arange(n_boxes, device=dev)
-    flat = stack_index[rows, best]
-    return full[flat] > sam.mask_threshold, scores[rows, best], iou_pred[rows, best], best
+    outcomes: list[_BoxOutcome | None] = [None] * len(boxes)
+
+    def finish(start: int, stop: int) -> None:
+        for k in range(start, stop):
+            outcomes[k] = _finish_box(sam, emb, low_res[k], iou_pred[k], **thresholds)
+
+    run_split(finish, len(boxes), parts=None if low_res.device.type == "cpu" else 1)
+    return [o for o in outcomes if o is not None]
 
 
 def masks_from_boxes(
@@ -233,22 +269,20 @@ def masks_from_boxes(
             emb = embed_image(sam, image)
         elif emb.original_size != (h, w):
             raise ValueError(f"image_embedding is for {emb.original_size}, image is {(h, w)}")
+        thresholds = {
+            "pred_iou_threshold": pred_iou_threshold,
+            "stability_threshold": stability_threshold,
+            "min_region_area": min_region_area,
+        }
         for start in range(0, len(prompted), box_chunk):
             idx = prompted[start : start + box_chunk]
-            full, stab, piou, cand = _decode_chunk(sam, emb, clipped[idx])
-            full_np = full.cpu().numpy()
-            for k, i in enumerate(idx):
-                s, p = float(stab[k]), float(piou[k])
-                if p < pred_iou_threshold:
-                    rejected.append((i, f"predicted IoU {p:.3f} < {pred_iou_threshold}"))
-                elif s < stability_threshold:
-                    rejected.append((i, f"stability {s:.3f} < {stability_threshold}"))
+            for i, box in zip(
+                idx, _masks_for_chunk(sam, emb, clipped[idx], **thresholds), strict=True
+            ):
+                if box.mask is None:
+                    rejected.append((i, str(box.reason)))
                 else:
-                    mask = _clean(full_np[k], min_region_area)
-                    if not mask.any():
-                        rejected.append((i, "empty mask after post-processing"))
-                    else:
-                        masks[i], scores[i] = mask, (s, p, int(cand[k]))
+                    masks[i], scores[i] = box.mask, (box.stability, box.pred_iou, box.candidate)
 
     order = sorted(masks)
     whole_set = set(whole)

@@ -15,10 +15,15 @@ tensors. :func:`decode_prompts` computes the same function with three exact rewr
   128 and back; likewise token→image attention folds ``W_k`` into the queries and ``W_v`` after
   the weighted sum (the key bias is a per-row constant that softmax cancels; the value bias
   passes through because attention weights sum to one);
-* **transposed convolutions as matmuls**: each 2×2 stride-2 ``ConvTranspose2d`` is one GEMM on
-  channels-last tokens, the ``LayerNorm2d`` is ``F.layer_norm`` over the contiguous channels,
-  and the hypernetwork product runs per small group of prompts so the 8 MB-per-prompt upscaled
-  features stay in cache; only the mask tokens that are returned are multiplied out.
+* **transposed convolutions as matmuls**: each 2×2 stride-2 ``ConvTranspose2d`` is a GEMM on
+  channels-last tokens, split by output sub-row so every GEMM's rows come out as whole mask
+  rows (no pixel shuffle), the ``LayerNorm2d`` is ``F.layer_norm`` over the contiguous
+  channels, and the hypernetwork product runs per block of token rows so the 8 MB-per-prompt
+  upscaled features stay in cache; only the mask tokens that are returned are multiplied out.
+
+Prompts are split over torch's threads, whole prompts per thread
+(:func:`use_core.runtime.run_split`); the second block's image→token residual is added in
+place.
 
 The results equal ``sam.mask_decoder(...)`` up to float32 rounding (tests compare them with the
 stock decoder). Inputs it does not cover (a dense embedding that differs between prompts, i.e.
@@ -28,44 +33,15 @@ a mask prompt, or a decoder whose structure is not SAM's) go to the stock decode
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from use_core.runtime import run_split
+
 PROMPT_GROUP = 1  # prompts decoded together per thread (measured best: 1, then 2, 4)
-UPSCALE_ROWS = 16  # token rows upscaled at once (16 × 64 tokens → 2 MB of features)
-
-
-def _run_split(run: Callable[[int, int], None], n: int) -> None:
-    """``run(start, stop)`` over ``range(n)`` split in contiguous parts, one per torch thread,
-    each part in its own Python thread with single-threaded torch ops (restored after).
-
-    The decoder's ops are small (one prompt's 4,096×256 tokens): split across OpenMP threads,
-    every op waits at a barrier for the slowest thread, which on a shared machine is often
-    descheduled (measured: 2 threads slower than 1 under load). Whole prompts per thread need
-    no barrier; the GIL is released inside each op.
-    """
-    threads = torch.get_num_threads()
-    workers = min(threads, -(-n // PROMPT_GROUP))
-    if workers <= 1:
-        run(0, n)
-        return
-    bounds = [round(i * n / workers) for i in range(workers + 1)]
-
-    def part(i: int) -> None:
-        torch.set_num_threads(1)
-        with torch.inference_mode():
-            run(bounds[i], bounds[i + 1])
-
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(part, range(workers)))
-    finally:
-        torch.set_num_threads(threads)
+UPSCALE_ROWS = 32  # token rows upscaled at once
 
 
 def _shared_dense(dense: torch.Tensor) -> bool:
@@ -137,6 +113,7 @@ def _image_to_token(
     tok_pe: torch.Tensor,
     tokens: torch.Tensor,
     shared_q: torch.Tensor | None = None,
+    in_place: bool = False,
 ) -> torch.Tensor:
     """``keys + attn(q=keys_pe, k=tok_pe, v=tokens)`` ``(B, N, C)``, through the few tokens.
 
@@ -164,6 +141,8 @@ def _image_to_token(
     wo = attn.out_proj.weight.view(-1, n_heads, d).permute(1, 2, 0)  # (H, d, C)
     # Each token's H softmax rows sum to H, so the output bias is b_o / H on every row of V'.
     vo = torch.matmul(v, wo).reshape(b, n_heads * t, -1) + attn.out_proj.bias / n_heads
+    if in_place:  # the per-prompt residual is not needed afterwards: add into it
+        return keys.baddbmm_(weights.transpose(1, 2), vo)
     return torch.baddbmm(keys.expand(b, n, -1), weights.transpose(1, 2), vo)
 
 
@@ -172,27 +151,36 @@ def _upscale_masks(
 ) -> None:
     """``out[:] = hyper @ output_upscaling(src)`` for tokens ``src`` (B, N, C), ``out``
     (B, M, 4h, 4w), in blocks of :data:`UPSCALE_ROWS` token rows so the features stay in
-    cache."""
+    cache.
+
+    Each 2×2 stride-2 transposed convolution is split by its output sub-row ``i`` (first) and
+    ``i2`` (second): for fixed ``(i, i2)`` the GEMM rows come out as token row × (column, j,
+    j2), which is one full-resolution mask row ``4r + 2i + i2`` in order, so the masks are
+    written as whole rows with no pixel shuffle.
+    """
     up = decoder.output_upscaling
     conv1, norm, act1, conv2, act2 = up[0], up[1], up[2], up[3], up[4]
     c_in, c1 = conv1.weight.shape[:2]
     c2 = conv2.weight.shape[1]
-    w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c1)  # (C, [i, j, o])
-    b1 = conv1.bias.repeat(4)
-    w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)  # (c1, [i2, j2, o2])
-    b2 = conv2.bias.repeat(4)
+    # (C_in, C_out, i, j) → per i: (C_in, [j, C_out])
+    w1 = [conv1.weight[:, :, i].permute(0, 2, 1).reshape(c_in, 2 * c1) for i in range(2)]
+    b1 = conv1.bias.repeat(2)
+    w2 = [conv2.weight[:, :, i].permute(0, 2, 1).reshape(c1, 2 * c2) for i in range(2)]
+    b2 = conv2.bias.repeat(2)
     h, w = hw
     m = hyper.shape[1]
     for p in range(src.shape[0]):
-        hyp = hyper[p].t()  # (c2, M)
+        hyp = hyper[p]  # (M, c2)
         for r in range(0, h, UPSCALE_ROWS):
             rows = min(UPSCALE_ROWS, h - r)
             x = src[p, r * w : (r + rows) * w]  # (rows·w, C)
-            y = torch.addmm(b1, x, w1).view(-1, c1)
-            y = act1(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps))
-            z = act2(torch.addmm(b2, y, w2)).view(-1, c2)  # (rows, w, i, j, i2, j2) × c2
-            logits = torch.mm(z, hyp).view(rows, w, 2, 2, 2, 2, m).permute(6, 0, 2, 4, 1, 3, 5)
-            out[p, :, 4 * r : 4 * (r + rows)] = logits.reshape(m, 4 * rows, 4 * w)
+            dst = out[p, :, 4 * r : 4 * (r + rows)].view(m, rows, 4, 4 * w)
+            for i in range(2):
+                y = torch.addmm(b1, x, w1[i]).view(-1, c1)  # rows (r, col, j)
+                y = act1(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps))
+                for i2 in range(2):
+                    z = act2(torch.addmm(b2, y, w2[i2])).view(-1, c2)  # rows (r, col, j, j2)
+                    dst[:, :, 2 * i + i2] = torch.mm(hyp, z.t()).view(m, rows, 4 * w)
 
 
 @torch.inference_mode()
@@ -257,7 +245,7 @@ def decode_prompts(
             _upscale_masks(decoder, keys_g, hyper, (h, w), masks[s : s + g])
             iou_pred[s : s + g] = decoder.iou_prediction_head(queries[:, 0, :])[:, mask_slice]
 
-    _run_split(run, b)
+    run_split(run, b, parts=-(-b // PROMPT_GROUP))
     return masks, iou_pred
 
 
@@ -288,7 +276,9 @@ def _transformer(
         queries = layer.norm3(queries + layer.mlp(queries))
         i2t = layer.cross_attn_image_to_token
         tok_pe = queries + query_pe
-        keys = _image_to_token(i2t, keys, keys_pe, tok_pe, queries, q0 if i == 0 else None)
+        keys = _image_to_token(
+            i2t, keys, keys_pe, tok_pe, queries, q0 if i == 0 else None, in_place=i > 0
+        )
         keys = layer.norm4(keys)
     final = _token_to_image(tr.final_attn_token_to_image, queries + query_pe, keys + pe, keys)
     return tr.norm_final_attn(queries + final), keys
