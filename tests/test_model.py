@@ -145,6 +145,37 @@ def test_area_weights_non_divisible_split_pixels() -> None:
     assert torch.allclose(full, torch.ones(1, 2, 2))
 
 
+def test_area_weights_in_chunks_equal_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Converting masks a few at a time (uneven last chunk) gives the one-pass values."""
+    import use_core.model.head as head
+
+    masks = torch.rand(7, 30, 50) > 0.6
+    rows = head._overlap_matrix(30, 4, masks.device)
+    cols = head._overlap_matrix(50, 4, masks.device)
+    expected = torch.einsum("gh,shw,kw->sgk", rows, masks.float(), cols)
+    monkeypatch.setattr(head, "AREA_CHUNK_PIXELS", 3 * 30 * 50)  # chunks of 3, 3, 1
+    torch.testing.assert_close(area_weights(masks, (4, 4)), expected, atol=1e-6, rtol=1e-5)
+    divisible = torch.rand(5, 8, 8) > 0.5
+    torch.testing.assert_close(
+        area_weights(divisible, (4, 4)), F.avg_pool2d(divisible.float(), 2), atol=0, rtol=0
+    )
+
+
+def test_frozen_levels_are_channels_last_and_normalised(components: dict) -> None:
+    """Levels come back channels-last (cells' channels contiguous, what pooling reads), with
+    the same values as normalising contiguous levels."""
+    model = build("clip+dinov2", components)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        frozen = model.frozen_features(images)
+        raw = raw_frozen_features(model, images)
+    for got_levels, raw_levels in zip(frozen.levels, raw.levels, strict=True):
+        for got, x in zip(got_levels, raw_levels, strict=True):
+            assert got.is_contiguous(memory_format=torch.channels_last)
+            ref = F.layer_norm(x.permute(0, 2, 3, 1).contiguous(), (x.shape[1],))
+            torch.testing.assert_close(got, ref.permute(0, 3, 1, 2), atol=1e-5, rtol=1e-5)
+
+
 def test_empty_and_tiny_masks_get_defined_embeddings(components: dict) -> None:
     model = build("clip", components)
     feats = model.encode_image(torch.rand(1, 3, 64, 64))

@@ -89,10 +89,14 @@ class MultiLevelFusion(nn.Module):
         return [cast(LLN, m) for m in self.llns]
 
     def normalize(self, levels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """``(B, C_i, G, G)`` raw levels → the same shapes, each cell normalised over channels."""
+        """``(B, C_i, G, G)`` raw levels → the same shapes, each cell normalised over channels.
+
+        The output is channels-last in memory (each cell's channels contiguous, as the pooling
+        reads them); a channels-last input is normalised without any copy.
+        """
         self._check(levels)
         return [
-            lln.normalize(x.movedim(1, -1)).movedim(-1, 1).contiguous()
+            lln.normalize(x.movedim(1, -1)).movedim(-1, 1)
             for x, lln in zip(levels, self.level_llns, strict=True)
         ]
 
