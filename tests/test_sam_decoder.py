@@ -1,7 +1,7 @@
 """``decode_prompts`` (the rewritten SAM mask decoder) equals the stock ``sam.mask_decoder``.
 
 Real MobileSAM on the VOC photo: box prompts and point prompts, with and without
-``multimask_output``, group sizes that split the batch unevenly; a mask prompt (per-prompt dense
+``multimask_output``, group and token-batch sizes that split the batch unevenly; a mask prompt (per-prompt dense
 embedding) falls back to the stock decoder.
 """
 
@@ -66,13 +66,21 @@ def _stock(sam: Any, features: torch.Tensor, sparse: Any, dense: Any, multimask:
 
 
 @pytest.mark.parametrize(
-    ("kind", "multimask", "group"), [("box", True, 4), ("point", True, 3), ("box", False, 1)]
+    ("kind", "multimask", "group", "token_batch"),
+    [("box", True, 4, 16), ("point", True, 3, 3), ("box", False, 1, 2)],
 )
 def test_decode_prompts_equals_the_stock_decoder(
-    sam: Any, photo: Any, monkeypatch: pytest.MonkeyPatch, kind: str, multimask: bool, group: int
+    sam: Any,
+    photo: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    multimask: bool,
+    group: int,
+    token_batch: int,
 ) -> None:
     image, emb = photo
     monkeypatch.setattr(sam_decoder, "PROMPT_GROUP", group)
+    monkeypatch.setattr(sam_decoder, "TOKEN_BATCH", token_batch)  # 7 prompts: uneven batches
     sparse, dense = _prompts(sam, image, kind, 7)
     ref_masks, ref_iou = _stock(sam, emb.features, sparse, dense, multimask)
     masks, iou = decode_prompts(sam, emb.features, sparse, dense, multimask_output=multimask)

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from use_core.runtime import run_split
 
 PROMPT_GROUP = 1  # prompts decoded together per thread (measured best: 1, then 2, 4)
+TOKEN_BATCH = 16  # prompts whose shared-image token work runs as one batch
 UPSCALE_ROWS = 32  # token rows upscaled at once
 
 
@@ -62,6 +63,7 @@ def _supported(decoder: Any) -> bool:
         and conv1.kernel_size == conv1.stride == (2, 2)
         and conv2.kernel_size == conv2.stride == (2, 2)
         and bool(layers[0].skip_first_layer_pe)
+        and not any(bool(layer.skip_first_layer_pe) for layer in layers[1:])
     )
 
 
@@ -100,10 +102,16 @@ def _token_to_image(attn: Any, q_in: torch.Tensor, keys_pe: torch.Tensor, keys: 
 
 def _token_to_image_shared(attn: Any, q_in: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor):
     """``attn(q=q_in, k=k, v=v)`` with one image's projected keys/values ``kh``/``vh``
-    (1, H, N, d), computed once for all prompts."""
-    q = _heads(attn.q_proj(q_in), attn.num_heads)  # (B, H, T, d)
-    weights = torch.softmax(torch.matmul(q, kh.transpose(-1, -2)) / math.sqrt(q.shape[-1]), -1)
-    return attn.out_proj(_merge(torch.matmul(weights, vh)))
+    (1, H, N, d), computed once for all prompts; the ``g`` prompts' queries (g, T, C) go
+    through as one ``(H, g·T, d)`` batch (no per-prompt copy of the keys)."""
+    n_heads = attn.num_heads
+    g, t, _ = q_in.shape
+    q = _heads(attn.q_proj(q_in), n_heads)  # (g, H, T, d)
+    d = q.shape[-1]
+    qh = q.transpose(0, 1).reshape(n_heads, g * t, d)
+    weights = torch.softmax(torch.bmm(qh, kh[0].transpose(1, 2)) / math.sqrt(d), -1)
+    out = torch.bmm(weights, vh[0]).view(n_heads, g, t, d).transpose(0, 1)  # (g, H, T, d)
+    return attn.out_proj(_merge(out))
 
 
 def _image_to_token(
@@ -232,12 +240,29 @@ def decode_prompts(
     iou_pred = src.new_empty((b, len(token_ids)))
     out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
 
+    tokens = torch.cat((out_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings), 1)
+    # Token side of the first block (and the second block's self-attention): it sees only the
+    # shared image, so all prompts go through it together.
+    pre = [
+        _token_side(decoder.transformer, tokens[s : s + TOKEN_BATCH], shared)
+        for s in range(0, b, TOKEN_BATCH)
+    ]
+    queries0 = torch.cat([q0 for q0, _ in pre])
+    second = [q1 for _, q1 in pre if q1 is not None]
+    queries1 = torch.cat(second) if second else None
+
     def run(start: int, stop: int) -> None:
         for s in range(start, stop, PROMPT_GROUP):
-            sparse = sparse_prompt_embeddings[s : min(s + PROMPT_GROUP, stop)]
-            g = sparse.shape[0]
-            tokens = torch.cat((out_tokens.unsqueeze(0).expand(g, -1, -1), sparse), dim=1)
-            queries, keys_g = _transformer(decoder.transformer, tokens, pe, shared)
+            e = min(s + PROMPT_GROUP, stop)
+            g = e - s
+            queries, keys_g = _transformer(
+                decoder.transformer,
+                tokens[s:e],
+                queries0[s:e],
+                None if queries1 is None else queries1[s:e],
+                pe,
+                shared,
+            )
             hyper = torch.stack(
                 [decoder.output_hypernetworks_mlps[i](queries[:, 1 + i, :]) for i in token_ids],
                 1,
@@ -249,36 +274,61 @@ def decode_prompts(
     return masks, iou_pred
 
 
+def _token_side(
+    tr: Any, tokens: torch.Tensor, shared: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The prompt-token work of ``TwoWayTransformer`` that sees only the shared image, for
+    prompts ``tokens`` (g, T, C): the first block up to its MLP, and the second block's
+    self-attention (its input does not depend on the prompt's image tokens either).
+
+    Returns (first-block queries, second-block queries after ``norm1`` or ``None`` for a
+    one-block transformer)."""
+    _, _, k0, v0, _ = shared
+    layer = tr.layers[0]  # skip_first_layer_pe (checked by _supported)
+    queries = layer.norm1(layer.self_attn(q=tokens, k=tokens, v=tokens))
+    t2i = _token_to_image_shared(layer.cross_attn_token_to_image, queries + tokens, k0, v0)
+    queries = layer.norm2(queries + t2i)
+    queries = layer.norm3(queries + layer.mlp(queries))
+    if len(tr.layers) < 2:
+        return queries, None
+    second = tr.layers[1]
+    q = queries + tokens
+    return queries, second.norm1(queries + second.self_attn(q=q, k=q, v=queries))
+
+
 def _transformer(
-    tr: Any, tokens: torch.Tensor, pe: torch.Tensor, shared: tuple[torch.Tensor, ...]
+    tr: Any,
+    tokens: torch.Tensor,
+    queries0: torch.Tensor,
+    queries1: torch.Tensor | None,
+    pe: torch.Tensor,
+    shared: tuple[torch.Tensor, ...],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``TwoWayTransformer`` for a group of prompts ``tokens`` (g, T, C); the first block's
-    image side comes precomputed in ``shared``. Returns (queries, image tokens (g, N, C))."""
-    keys0, keys_pe0, k0, v0, q0 = shared
+    """``TwoWayTransformer`` for a group of prompts ``tokens`` (g, T, C), continuing from
+    :func:`_token_side`'s ``queries0`` / ``queries1``; the first block's image side comes
+    precomputed in ``shared``. Returns (queries, image tokens (g, N, C))."""
+    keys0, keys_pe0, _, _, q0 = shared
     query_pe = tokens
-    queries = tokens
-    keys = keys0
-    for i, layer in enumerate(tr.layers):
-        if layer.skip_first_layer_pe:
-            queries = layer.self_attn(q=queries, k=queries, v=queries)
+    first = tr.layers[0]
+    keys = _image_to_token(
+        first.cross_attn_image_to_token, keys0, keys_pe0, queries0 + query_pe, queries0, q0
+    )
+    keys = first.norm4(keys)
+    queries = queries0
+    for i, layer in enumerate(tr.layers[1:], start=1):
+        if i == 1:
+            assert queries1 is not None
+            queries = queries1
         else:
             q = queries + query_pe
-            queries = queries + layer.self_attn(q=q, k=q, v=queries)
-        queries = layer.norm1(queries)
+            queries = layer.norm1(queries + layer.self_attn(q=q, k=q, v=queries))
         q = queries + query_pe
-        if i == 0:  # the image tokens are the same for every prompt
-            keys_pe = keys_pe0
-            t2i = _token_to_image_shared(layer.cross_attn_token_to_image, q, k0, v0)
-        else:
-            keys_pe = keys + pe
-            t2i = _token_to_image(layer.cross_attn_token_to_image, q, keys_pe, keys)
+        keys_pe = keys + pe
+        t2i = _token_to_image(layer.cross_attn_token_to_image, q, keys_pe, keys)
         queries = layer.norm2(queries + t2i)
         queries = layer.norm3(queries + layer.mlp(queries))
         i2t = layer.cross_attn_image_to_token
-        tok_pe = queries + query_pe
-        keys = _image_to_token(
-            i2t, keys, keys_pe, tok_pe, queries, q0 if i == 0 else None, in_place=i > 0
-        )
+        keys = _image_to_token(i2t, keys, keys_pe, queries + query_pe, queries, in_place=True)
         keys = layer.norm4(keys)
     final = _token_to_image(tr.final_attn_token_to_image, queries + query_pe, keys + pe, keys)
     return tr.norm_final_attn(queries + final), keys
