@@ -1,8 +1,8 @@
 """``decode_prompts`` (the rewritten SAM mask decoder) equals the stock ``sam.mask_decoder``.
 
 Real MobileSAM on the VOC photo: box prompts and point prompts, with and without
-``multimask_output``, group and token-batch sizes that split the batch unevenly; a mask prompt (per-prompt dense
-embedding) falls back to the stock decoder.
+``multimask_output``, group and token-batch sizes that split the batch unevenly; a mask prompt
+(per-prompt dense embedding) falls back to the stock decoder.
 """
 
 from __future__ import annotations
