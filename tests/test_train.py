@@ -301,3 +301,40 @@ def test_cached_training_never_runs_a_backbone(
     with pytest.raises(ValueError, match="different run"):
         other = small_params(feature_cache=True, epochs=1, lr=5e-4)
         train_use_model(other, train, val, shapes_small, tmp_path / "r1", {"clip": clip}, **kwargs)
+
+
+def test_cache_batch_views_sets_the_backbone_batch(
+    shapes_small: Path, clip: Any, tmp_path: Path
+) -> None:
+    """``train.cache_batch_views`` is the batch of every backbone pass that fills the caches
+    (the train stage's memory peak on a CPU), and the batch does not change what is stored."""
+    train = pairs_from_shapes_gt(shapes_small, "train")
+    val = pairs_from_shapes_gt(shapes_small, "val")
+    batches: list[int] = []
+    real = clip.visual.forward_intermediates
+
+    def counting(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        batches.append(int(x.shape[0]))
+        return real(x, *args, **kwargs)
+
+    clip.visual.forward_intermediates = counting
+    try:
+        params = small_params(feature_cache=True, epochs=1, cache_batch_views=3)
+        kwargs: dict[str, Any] = dict(
+            grid_size=GRID, show_progress=False, cache_dir=tmp_path / "cache"
+        )
+        train_use_model(params, train, val, shapes_small, tmp_path / "r", {"clip": clip}, **kwargs)
+    finally:
+        del clip.visual.forward_intermediates
+    assert max(batches) == 3 and sum(batches) > 3
+
+    ds = SegmentTextDataset(train, shapes_small)
+    model = build_use_model("clip", {"clip": clip}, feature_dim=16, grid_size=GRID, seed=0)
+    maker = augmented_view_maker(ds, 0, 160, 0.5, 2.0, stream=0)
+    one = build_feature_cache(tmp_path / "one", "k", model, ds, 2, maker, batch_views=1)
+    three = build_feature_cache(tmp_path / "three", "k", model, ds, 2, maker, batch_views=3)
+    for i, v in [(0, 0), (2, 1), (len(ds) - 1, 1)]:
+        a, b = one.get(i, v), three.get(i, v)
+        for x, y in zip(a.frozen.levels[0], b.frozen.levels[0], strict=True):
+            torch.testing.assert_close(x.float(), y.float(), atol=2e-3, rtol=1e-3)
+        assert torch.equal(a.weights, b.weights) and np.array_equal(a.rows, b.rows)

@@ -170,6 +170,12 @@ class TrainConfig(Strict):
     )
     feature_cache: bool = True
     cache_views: int = Field(2, ge=1, le=64)
+    cache_batch_views: int = Field(
+        2,
+        ge=1,
+        le=1024,
+        description="views per frozen-backbone pass while building the feature cache (memory)",
+    )
     seed: int = 0
 
     @field_validator("text_templates")

@@ -132,7 +132,7 @@ def build_feature_cache(
     views: int,
     make_view: ViewMaker,
     shard_images: int = 8,
-    batch_views: int = 4,
+    batch_views: int = 2,
     show_progress: bool = True,
 ) -> FeatureCache:
     """Open the cache at ``root`` if it holds ``key``, else (re)build it, resuming shard-wise.
@@ -141,7 +141,8 @@ def build_feature_cache(
       key: from :func:`cache_key`; a different stored key wipes the cache.
       views: views per image; view ``v`` of image ``i`` is ``make_view(i, v)``.
       shard_images: images per shard file.
-      batch_views: views per backbone forward pass.
+      batch_views: views per backbone forward pass (``train.cache_batch_views``). On a CPU
+        this batch's activations are the train stage's memory peak.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -283,6 +283,7 @@ def train_use_model(
             augmented_view_maker(
                 train_ds, cfg.seed, cfg.crop_size, cfg.scale_min, cfg.scale_max, _CACHED_VIEWS
             ),
+            batch_views=cfg.cache_batch_views,
             show_progress=show_progress,
         )
     else:
@@ -290,7 +291,13 @@ def train_use_model(
             train_ds, cfg.seed, cfg.crop_size, cfg.scale_min, cfg.scale_max, _LIVE_VIEWS
         )
     val_views = _validation_views(
-        model, val_ds, cfg.feature_cache, cache_root, spec_json, show_progress
+        model,
+        val_ds,
+        cfg.feature_cache,
+        cache_root,
+        spec_json,
+        show_progress,
+        cfg.cache_batch_views,
     )
 
     def run_validation() -> dict[str, float]:
@@ -412,6 +419,7 @@ def _validation_views(
     cache_root: Path,
     spec_json: dict[str, Any],
     show_progress: bool,
+    batch_views: int = 2,
 ) -> list[ViewFeatures]:
     """Frozen features of every validation image (un-augmented), computed once per run."""
     if val_ds is None:
@@ -420,7 +428,14 @@ def _validation_views(
     if use_cache:
         key = cache_key({"spec": spec_json, "data": val_ds.fingerprint(), "view": "identity"})
         cache = build_feature_cache(
-            cache_root / "val", key, model, val_ds, 1, maker, show_progress=show_progress
+            cache_root / "val",
+            key,
+            model,
+            val_ds,
+            1,
+            maker,
+            batch_views=batch_views,
+            show_progress=show_progress,
         )
         return [cache.get(i, 0) for i in range(len(val_ds))]
     views = []
