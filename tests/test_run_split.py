@@ -33,16 +33,22 @@ def test_every_index_once_in_contiguous_parts_with_one_torch_thread_each() -> No
     assert len({name for *_, name in parts}) == 2
 
 
-def test_one_thread_or_one_part_runs_inline() -> None:
+def test_one_thread_one_part_or_a_gpu_runs_inline() -> None:
     names: list[str] = []
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         run_split(lambda a, b: names.append(threading.current_thread().name), 5, parts=1)
         run_split(lambda a, b: names.append(threading.current_thread().name), 1)
+        # work on a GPU is fed from one thread (a device object is enough: nothing runs on it)
+        run_split(
+            lambda a, b: names.append(threading.current_thread().name),
+            5,
+            device=torch.device("cuda"),
+        )
     finally:
         torch.set_num_threads(before)
-    assert names == [threading.current_thread().name] * 2
+    assert names == [threading.current_thread().name] * 3
 
 
 def test_worker_errors_propagate_and_modes_carry_over() -> None:

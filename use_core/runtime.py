@@ -50,10 +50,16 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def run_split(run: Callable[[int, int], None], n: int, parts: int | None = None) -> None:
+def run_split(
+    run: Callable[[int, int], None],
+    n: int,
+    parts: int | None = None,
+    device: torch.device | None = None,
+) -> None:
     """``run(start, stop)`` over ``range(n)`` split in contiguous parts, at most one per torch
     intra-op thread (and at most ``parts``), each part in its own Python thread running
-    single-threaded torch ops; torch's thread count is restored afterwards.
+    single-threaded torch ops; torch's thread count is restored afterwards. Work on a
+    ``device`` other than the CPU runs in the calling thread (one thread feeds a GPU's queue).
 
     For many small, independent pieces of work (one SAM prompt, one mask): split across
     OpenMP threads every small op waits at a barrier for the slowest thread, which on a shared
@@ -63,6 +69,8 @@ def run_split(run: Callable[[int, int], None], n: int, parts: int | None = None)
     """
     threads = torch.get_num_threads()
     workers = min(threads, n, parts if parts is not None else n)
+    if device is not None and device.type != "cpu":
+        workers = 1
     if workers <= 1:
         run(0, n)
         return

@@ -219,7 +219,7 @@ def _masks_for_chunk(
         for k in range(start, stop):
             outcomes[k] = _finish_box(sam, emb, low_res[k], iou_pred[k], **thresholds)
 
-    run_split(finish, len(boxes), parts=None if low_res.device.type == "cpu" else 1)
+    run_split(finish, len(boxes), device=low_res.device)
     return [o for o in outcomes if o is not None]
 
 

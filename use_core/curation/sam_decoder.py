@@ -270,7 +270,7 @@ def decode_prompts(
             _upscale_masks(decoder, keys_g, hyper, (h, w), masks[s : s + g])
             iou_pred[s : s + g] = decoder.iou_prediction_head(queries[:, 0, :])[:, mask_slice]
 
-    run_split(run, b, parts=-(-b // PROMPT_GROUP))
+    run_split(run, b, parts=-(-b // PROMPT_GROUP), device=image_embeddings.device)
     return masks, iou_pred
 
 

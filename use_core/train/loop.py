@@ -419,7 +419,7 @@ def _validation_views(
     cache_root: Path,
     spec_json: dict[str, Any],
     show_progress: bool,
-    batch_views: int = 2,
+    batch_views: int,
 ) -> list[ViewFeatures]:
     """Frozen features of every validation image (un-augmented), computed once per run."""
     if val_ds is None:
