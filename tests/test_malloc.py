@@ -116,3 +116,39 @@ def test_runner_uses_it_only_when_enabled() -> None:
         )
     assert list(env.values()) == [None]
     assert list(config.values()) == [QUIET_WORKER_CONFIG]
+
+
+def test_release_freed_memory_returns_the_kept_heap() -> None:
+    """With retention on, a freed 256 MiB stays resident until ``release_freed_memory``."""
+    code = textwrap.dedent(
+        """
+        import ctypes
+        from use_core.malloc import release_freed_memory, retain_freed_memory
+
+        def rss_mib():
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * 4096 / 2**20
+
+        assert retain_freed_memory()
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+        libc.free.argtypes = [ctypes.c_void_p]
+        blocks = [libc.malloc(2**20) for _ in range(256)]  # heap chunks, not one mmap
+        for b in blocks:
+            ctypes.memset(b, 1, 2**20)
+        touched = rss_mib()
+        for b in blocks:
+            libc.free(b)
+        kept = rss_mib()
+        assert release_freed_memory()
+        print(touched, kept, rss_mib())
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in malloc_env()}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    touched, kept, released = (float(x) for x in done.stdout.split())
+    assert kept > touched - 16, (touched, kept)  # retained: freeing gave nothing back
+    assert released < kept - 200, (kept, released)  # the trim returned (nearly) all of it

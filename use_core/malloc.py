@@ -61,6 +61,22 @@ def retain_freed_memory() -> bool:
     return bool(ok)
 
 
+def release_freed_memory() -> bool:
+    """Hand the freed memory this process keeps (:func:`retain_freed_memory`) back to the kernel
+    now (``malloc_trim(0)``), for a phase change whose peak will not come back: e.g. after
+    training's feature-cache build, whose backbone activations are larger than the training
+    steps'. Returns False where the C library is not glibc."""
+    if not is_glibc():
+        return False
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True
+
+
 def apply_runtime(runtime_cfg: RuntimeConfig) -> bool:
     """``runtime.retain_freed_memory`` for this process: what ``use`` commands and flows call."""
     return retain_freed_memory() if runtime_cfg.retain_freed_memory else False

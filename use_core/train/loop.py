@@ -40,6 +40,7 @@ import torch
 from tqdm import tqdm
 
 from use_core.config import Params
+from use_core.malloc import release_freed_memory
 from use_core.model.checkpoint import save_use_model
 from use_core.model.features import FrozenFeatures
 from use_core.model.loss import segment_text_loss
@@ -299,6 +300,10 @@ def train_use_model(
         show_progress,
         cfg.cache_batch_views,
     )
+
+    # The cache build's backbone batches were this stage's largest allocations; glibc keeps
+    # that heap for reuse (use_core.malloc), but the training steps never need it again.
+    release_freed_memory()
 
     def run_validation() -> dict[str, float]:
         if val_ds is None:
