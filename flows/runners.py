@@ -18,6 +18,8 @@ QUIET_WORKER_CONFIG: dict[str, Any] = {
     "distributed.admin.tick.interval": "200ms",
     "distributed.admin.system-monitor.interval": "2s",
     "distributed.worker.memory.monitor-interval": "1s",
+    # skip the interpreter's final garbage collection when a worker exits (flows.worker_setup)
+    "distributed.worker.preload": ["flows.worker_setup"],
 }
 
 

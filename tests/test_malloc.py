@@ -114,8 +114,31 @@ def test_runner_uses_it_only_when_enabled() -> None:
         config = client.run(
             lambda: {k: __import__("dask").config.get(k) for k in QUIET_WORKER_CONFIG}
         )
+        preloaded = client.run(lambda dask_worker: [p.name for p in dask_worker.preloads])
     assert list(env.values()) == [None]
     assert list(config.values()) == [QUIET_WORKER_CONFIG]
+    assert list(preloaded.values()) == [["flows.worker_setup"]]
+
+
+def test_worker_teardown_freezes_the_objects_for_exit() -> None:
+    """``flows.worker_setup.dask_teardown`` leaves nothing for the exit-time collection."""
+    code = textwrap.dedent(
+        """
+        import gc
+        from flows.worker_setup import dask_teardown
+
+        junk = [[i] for i in range(100_000)]
+        assert gc.get_freeze_count() == 0
+        dask_teardown(None)
+        print(gc.get_freeze_count(), len(gc.get_objects()))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    frozen, left = (int(x) for x in done.stdout.split())
+    assert frozen > 100_000  # the process's objects, the 100,000 lists among them
+    assert left < 1_000  # what a final collection would still have to walk
 
 
 def test_release_freed_memory_returns_the_kept_heap() -> None:
