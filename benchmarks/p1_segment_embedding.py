@@ -160,6 +160,7 @@ def compare(
         },
         repeats=repeats,
         warmup=0,
+        warm_each=True,
     )
     ok = all(t.shape[0] == len(masks) and bool(torch.isfinite(t).all()) for t in last.values())
     return {

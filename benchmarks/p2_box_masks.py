@@ -106,13 +106,13 @@ def run(quick: bool = False) -> dict[str, Any]:
     for n in counts:
         fns[f"product_{n}"] = lambda n=n: product_masks(sam, image, boxes[n])
         fns[f"stock_{n}"] = lambda n=n: stock_best_masks(sam, image, boxes[n])
-    times, _ = interleaved(fns, repeats=1 if quick else 2, warmup=0)
+    times, _ = interleaved(fns, repeats=1 if quick else 2, warmup=0, warm_each=True)
     many = counts[1]
     ratio = median(times[f"product_{many}"]) / median(times["product_1"])
     stock_ratio = median(times[f"stock_{many}"]) / median(times["stock_1"])
     with torch.inference_mode():
         emb_s = median(
-            interleaved({"e": lambda: embed_image(sam, image)}, repeats=2, warmup=0)[0]["e"]
+            interleaved({"e": lambda: embed_image(sam, image)}, repeats=2, warmup=1)[0]["e"]
         )
     growth_s = {str(n): median(times[f"product_{n}"]) for n in counts}
     if not quick:  # growth: one more point at 128 boxes (timed once)

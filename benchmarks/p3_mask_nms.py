@@ -7,7 +7,8 @@ whose IoU cannot pass the threshold (boxes, areas), and counts the remaining int
 each kept mask in one vectorised AND + popcount step. Both must return the same groups. Growth
 of ``mask_nms`` is measured at 100 / 1,000 / 3,000 masks (the candidate-pair matrix is
 quadratic but cheap; the counted pairs grow with the overlaps). Both sides run three
-interleaved rounds (A, B, A, B, A, B); the ratio is of the medians.
+interleaved rounds, each timed run right after an untimed one of the same side (steady state,
+``benchmarks.common.interleaved``); the ratio is of the medians.
 """
 
 from __future__ import annotations
@@ -82,10 +83,9 @@ def run(quick: bool = False) -> dict[str, Any]:
             "reference_loop": lambda: reference_nms(masks, scores, IOU),
             "mask_nms": lambda: mask_nms(masks, scores, IOU),
         },
-        # three interleaved rounds: the first call of each side is cold (its buffers are
-        # page-faulted; mask_nms 0.15 s cold vs 0.08-0.10 s warm, measured), the median is not
         repeats=3 if not quick else 2,
         warmup=0 if not quick else 1,
+        warm_each=True,  # mask_nms right after the 5 s loop: 0.14-0.17 s; warm: 0.08-0.10 s
     )
     same = last["reference_loop"] == last["mask_nms"]
     ratio = median(times["reference_loop"]) / median(times["mask_nms"])

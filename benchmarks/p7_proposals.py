@@ -57,6 +57,7 @@ def run(quick: bool = False, points_per_side: int = 16) -> dict[str, Any]:
         },
         repeats=1,
         warmup=0,
+        warm_each=True,
     )
     recall = {k: proposal_recall(v, gt, 0.5) for k, v in last.items()}
     ratio = median(times["stock"]) / median(times["project"])

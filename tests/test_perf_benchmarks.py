@@ -119,6 +119,16 @@ def test_interleaved_alternates_the_paths_and_keeps_the_last_results() -> None:
     assert calls == ["a", "b"] * 3
     assert len(times["a"]) == len(times["b"]) == 2 and last == {"a": 1, "b": 2}
 
+    calls.clear()  # warm_each: an untimed run of the same path right before each timed one
+    times, _ = interleaved(
+        {"a": lambda: path("a", 1), "b": lambda: path("b", 2)},
+        repeats=2,
+        warmup=0,
+        warm_each=True,
+    )
+    assert calls == ["a", "a", "b", "b"] * 2
+    assert len(times["a"]) == len(times["b"]) == 2
+
 
 def test_run_child_reports_the_childs_peak_memory(tmp_path: Path) -> None:
     code = "x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096])"
