@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -78,3 +81,24 @@ def test_curation_flow_dask_equals_threads(
     out = curation_flow_with_runner(str(dask), metrics_path=str(tmp_path / "m2.json"))
     assert any(r["computed"] for rs in out["stages"].values() for r in rs)
     pd.testing.assert_frame_equal(first, _pairs(tmp_path))
+
+
+def test_worker_teardown_freezes_the_objects_for_exit() -> None:
+    """``flows.worker_setup.dask_teardown`` leaves nothing for the exit-time collection."""
+    code = textwrap.dedent(
+        """
+        import gc
+        from flows.worker_setup import dask_teardown
+
+        junk = [[i] for i in range(100_000)]
+        assert gc.get_freeze_count() == 0
+        dask_teardown(None)
+        print(gc.get_freeze_count(), len(gc.get_objects()))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    frozen, left = (int(x) for x in done.stdout.split())
+    assert frozen > 100_000  # the process's objects, the 100,000 lists among them
+    assert left < 1_000  # what a final collection would still have to walk

@@ -120,27 +120,6 @@ def test_runner_uses_it_only_when_enabled() -> None:
     assert list(preloaded.values()) == [["flows.worker_setup"]]
 
 
-def test_worker_teardown_freezes_the_objects_for_exit() -> None:
-    """``flows.worker_setup.dask_teardown`` leaves nothing for the exit-time collection."""
-    code = textwrap.dedent(
-        """
-        import gc
-        from flows.worker_setup import dask_teardown
-
-        junk = [[i] for i in range(100_000)]
-        assert gc.get_freeze_count() == 0
-        dask_teardown(None)
-        print(gc.get_freeze_count(), len(gc.get_objects()))
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    frozen, left = (int(x) for x in done.stdout.split())
-    assert frozen > 100_000  # the process's objects, the 100,000 lists among them
-    assert left < 1_000  # what a final collection would still have to walk
-
-
 def test_release_freed_memory_returns_the_kept_heap() -> None:
     """With retention on, a freed 256 MiB stays resident until ``release_freed_memory``."""
     code = textwrap.dedent(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import platform
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from use_core.config import RuntimeConfig
@@ -42,19 +42,27 @@ def is_glibc() -> bool:
     return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
+def _glibc_function(name: str, argtypes: list[Any], restype: Any) -> Any | None:
+    """The C library's ``name`` with its signature set, or None where that is not glibc's."""
+    if not is_glibc():
+        return None
+    try:
+        fn = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = argtypes, restype
+    return fn
+
+
 def retain_freed_memory() -> bool:
     """Make this process's glibc malloc keep freed memory for reuse (``mallopt``).
 
     Call it early, before worker threads start: threads created afterwards share the main
     arena. Returns False, changing nothing, where the C library is not glibc.
     """
-    if not is_glibc():
+    mallopt = _glibc_function("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int)
+    if mallopt is None:
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     ok = mallopt(_M_ARENA_MAX, _ARENA_MAX)
     ok &= mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)
     ok &= mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES)
@@ -66,13 +74,9 @@ def release_freed_memory() -> bool:
     now (``malloc_trim(0)``), for a phase change whose peak will not come back: e.g. after
     training's feature-cache build, whose backbone activations are larger than the training
     steps'. Returns False where the C library is not glibc."""
-    if not is_glibc():
+    trim = _glibc_function("malloc_trim", [ctypes.c_size_t], ctypes.c_int)
+    if trim is None:
         return False
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     trim(0)
     return True
 
