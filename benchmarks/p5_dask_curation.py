@@ -77,15 +77,16 @@ def run_flow(params_path: Path) -> dict[str, Any]:
     return {"seconds": seconds, "segments": int(out["stats"].get("segments", 0))}
 
 
-def run(quick: bool = False) -> dict[str, Any]:
+def curation_runs(
+    sizes: tuple[int, ...], rounds: int, shard_size: int, max_boxes: int
+) -> dict[str, list[dict[str, Any]]]:
+    """The flow with 1 and 2 workers on a fresh shapes corpus of each size (``rounds``
+    interleaved rounds at the largest size, one elsewhere), under a temporary Prefect server.
+    Keys ``"{n}_images_{w}_workers"``; each run: seconds, segments, pairs."""
     from prefect.testing.utilities import prefect_test_harness
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    sizes = (4,) if quick else (16, 48)
-    rounds = 1 if quick else 2  # at the largest size: 1 worker, 2 workers, 1 worker, 2 workers
-    shard_size = 2 if quick else 8
-    max_boxes = 2 if quick else 4
     runs: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp, prefect_test_harness(server_startup_timeout=120):
         for n in sizes:
@@ -100,20 +101,45 @@ def run(quick: bool = False) -> dict[str, Any]:
                     runs.setdefault(f"{n}_images_{workers}_workers", []).append(
                         {**run_flow(params), "pairs": curated_pairs(params)}
                     )
+                    shutil.rmtree(project)  # the next size's store must not sit on disk too
+    return runs
+
+
+def _summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    seconds = {k: median([run["seconds"] for run in v]) for k, v in runs.items()}
+    return {
+        k: {
+            "seconds": round(seconds[k], 2),
+            "runs_s": [round(run["seconds"], 2) for run in v],
+            "segments": v[0]["segments"],
+            "images_per_s": round(int(k.split("_")[0]) / seconds[k], 3),
+            "seconds_per_image": round(seconds[k] / int(k.split("_")[0]), 3),
+        }
+        for k, v in runs.items()
+    }
+
+
+def _per_extra_image(summary: dict[str, dict[str, Any]], lo: int, hi: int, workers: int) -> float:
+    a = summary[f"{lo}_images_{workers}_workers"]["seconds"]
+    b = summary[f"{hi}_images_{workers}_workers"]["seconds"]
+    return (b - a) / (hi - lo)
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    sizes = (4,) if quick else (16, 48)
+    rounds = 1 if quick else 2  # at the largest size: 1 worker, 2 workers, 1 worker, 2 workers
+    shard_size = 2 if quick else 8
+    runs = curation_runs(sizes, rounds, shard_size, max_boxes=2 if quick else 4)
     n = sizes[-1]
     one, two = runs[f"{n}_images_1_workers"], runs[f"{n}_images_2_workers"]
     first = one[0]["pairs"]
     same = all(run["pairs"].equals(first) for run in one + two)
     round_ratios = [a["seconds"] / b["seconds"] for a, b in zip(one, two, strict=True)]
     ratio = median(round_ratios)
-    seconds = {k: median([run["seconds"] for run in v]) for k, v in runs.items()}
+    summary = _summary(runs)
     marginal = None
     if len(sizes) > 1:  # seconds per extra image, fixed start-up cost removed
-        lo = sizes[0]
-        per_image = {
-            w: (seconds[f"{n}_images_{w}_workers"] - seconds[f"{lo}_images_{w}_workers"]) / (n - lo)
-            for w in (1, 2)
-        }
+        per_image = {w: _per_extra_image(summary, sizes[0], n, w) for w in (1, 2)}
         marginal = round(per_image[1] / per_image[2], 2) if per_image[2] > 0 else None
     return result(
         ID,
@@ -126,16 +152,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         same_pairs=same,
         round_ratios=[round(x, 3) for x in round_ratios],
         marginal_ratio=marginal,
-        runs={
-            k: {
-                "seconds": round(seconds[k], 2),
-                "runs_s": [round(run["seconds"], 2) for run in v],
-                "segments": v[0]["segments"],
-                "images_per_s": round(int(k.split("_")[0]) / seconds[k], 3),
-                "seconds_per_image": round(seconds[k] / int(k.split("_")[0]), 3),
-            }
-            for k, v in runs.items()
-        },
+        runs=summary,
         note=(
             "wall time of the whole flow: includes Dask start-up and per-worker model loading; "
             f"ratio: median over {rounds} interleaved rounds at {n} images; marginal_ratio "
@@ -144,7 +161,60 @@ def run(quick: bool = False) -> dict[str, Any]:
     )
 
 
+def growth(sizes: tuple[int, ...] = (50, 200, 800), shard_size: int = 8) -> dict[str, Any]:
+    """The issue's curation growth table: the flow at each size with 1 and 2 workers, once.
+    Not part of ``make bench`` (800 images take ≈ 30 min with 1 worker on 2 cores).
+
+    Reports per size and worker count the wall seconds and seconds per image, the seconds per
+    extra image between consecutive sizes (linear growth = about constant), and the 2 / 1
+    worker ratio of the whole flow at each size."""
+    runs = curation_runs(tuple(sizes), 1, shard_size, max_boxes=4)
+    summary = _summary(runs)
+    per_extra = {
+        f"{lo}->{hi}": {
+            f"{w}_workers": round(_per_extra_image(summary, lo, hi, w), 3) for w in (1, 2)
+        }
+        for lo, hi in zip(sizes, sizes[1:], strict=False)
+    }
+    ratio_at = {
+        str(n): round(
+            summary[f"{n}_images_1_workers"]["seconds"]
+            / summary[f"{n}_images_2_workers"]["seconds"],
+            3,
+        )
+        for n in sizes
+    }
+    same = all(
+        runs[f"{n}_images_1_workers"][0]["pairs"].equals(runs[f"{n}_images_2_workers"][0]["pairs"])
+        for n in sizes
+    )
+    return {
+        "id": f"{ID}-growth",
+        "what": "curation flow wall time vs images (shapes corpus, 224 px, shards of "
+        f"{shard_size}), 1 and 2 Dask workers",
+        "runs": summary,
+        "seconds_per_extra_image": per_extra,
+        "two_over_one_worker_ratio": ratio_at,
+        "same_pairs": same,
+    }
+
+
 if __name__ == "__main__":
+    import argparse
     import json
 
-    print(json.dumps(run(quick=True), indent=2))
+    from benchmarks.common import machine_info
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--growth", help="comma-separated corpus sizes, e.g. 50,200,800")
+    parser.add_argument("--out", help="also write the result to this JSON file")
+    args = parser.parse_args()
+    if args.growth:
+        out = growth(tuple(int(x) for x in args.growth.split(",")))
+        out["machine"] = machine_info()
+    else:
+        out = run(quick=True)
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
