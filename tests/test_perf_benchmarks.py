@@ -161,3 +161,20 @@ def test_run_all_writes_results_with_the_machine(tmp_path: Path) -> None:
     assert {"what", "ratio", "target", "met"} <= set(res)
     with pytest.raises(SystemExit):
         main(["--only", "P9", "--out", str(out)])
+
+
+@pytest.mark.slow
+def test_p5_growth_runs_the_flow_at_each_size_with_both_worker_counts(
+    demo_models: dict[str, Path], mobile_sam_checkpoint: Path
+) -> None:
+    from benchmarks import p5_dask_curation as p5
+
+    out = p5.growth((1, 2), shard_size=1)
+    assert set(out["runs"]) == {f"{n}_images_{w}_workers" for n in (1, 2) for w in (1, 2)}
+    assert out["same_pairs"] is True  # 1 and 2 workers curate the same pairs at each size
+    for w in (1, 2):  # more images, more segments and more time
+        one, two = out["runs"][f"1_images_{w}_workers"], out["runs"][f"2_images_{w}_workers"]
+        assert 0 < one["segments"] < two["segments"]
+        assert two["seconds"] == pytest.approx(2 * two["seconds_per_image"], rel=0.01)
+    assert set(out["seconds_per_extra_image"]) == {"1->2"}
+    assert set(out["two_over_one_worker_ratio"]) == {"1", "2"}
