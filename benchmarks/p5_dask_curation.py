@@ -13,6 +13,9 @@ Sizes: 16 and 48 images in shards of 8, so both sizes split into an even number 
 images (median of two interleaved rounds, 1 worker then 2 workers, twice), and
 ``marginal_ratio`` compares seconds per extra image between the sizes (throughput with the fixed
 start-up cost removed). ``--quick``: 4 images in shards of 2, one round.
+
+:func:`growth` (``python -m benchmarks.p5_dask_curation --growth 50,200,800``, not in
+``make bench``: about an hour here) runs the issue's sizes once each with 1 and 2 workers.
 """
 
 from __future__ import annotations
