@@ -20,6 +20,7 @@ start-up cost removed). ``--quick``: 4 images in shards of 2, one round.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
@@ -85,7 +86,7 @@ def curation_runs(
 ) -> dict[str, list[dict[str, Any]]]:
     """The flow with 1 and 2 workers on a fresh shapes corpus of each size (``rounds``
     interleaved rounds at the largest size, one elsewhere), under a temporary Prefect server.
-    Keys ``"{n}_images_{w}_workers"``; each run: seconds, segments, pairs."""
+    Keys ``"{n}_images_{w}_workers"``; each run: seconds, segments, pairs, images."""
     from prefect.testing.utilities import prefect_test_harness
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -102,7 +103,7 @@ def curation_runs(
                     project = Path(tmp) / f"n{n}_w{workers}_r{r}"  # a fresh store every run
                     params = write_project(project, shapes, workers, max_boxes, shard_size)
                     runs.setdefault(f"{n}_images_{workers}_workers", []).append(
-                        {**run_flow(params), "pairs": curated_pairs(params)}
+                        {**run_flow(params), "pairs": curated_pairs(params), "images": n}
                     )
                     shutil.rmtree(project)  # the next size's store must not sit on disk too
     return runs
@@ -115,8 +116,8 @@ def _summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]
             "seconds": round(seconds[k], 2),
             "runs_s": [round(run["seconds"], 2) for run in v],
             "segments": v[0]["segments"],
-            "images_per_s": round(int(k.split("_")[0]) / seconds[k], 3),
-            "seconds_per_image": round(seconds[k] / int(k.split("_")[0]), 3),
+            "images_per_s": round(v[0]["images"] / seconds[k], 3),
+            "seconds_per_image": round(seconds[k] / v[0]["images"], 3),
         }
         for k, v in runs.items()
     }
@@ -177,7 +178,7 @@ def growth(sizes: tuple[int, ...] = (50, 200, 800), shard_size: int = 8) -> dict
         f"{lo}->{hi}": {
             f"{w}_workers": round(_per_extra_image(summary, lo, hi, w), 3) for w in (1, 2)
         }
-        for lo, hi in zip(sizes, sizes[1:], strict=False)
+        for lo, hi in itertools.pairwise(sizes)
     }
     ratio_at = {
         str(n): round(
