@@ -32,7 +32,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 venv: $(VENV)/.installed
 
 assets: venv
-	$(PY) -m use_core.models.assets --cache-dir $(CACHE)
+	$(PY) -m use_core.pretrained.assets --cache-dir $(CACHE)
 
 repro: assets
 	@test -d .dvc || $(VENV)/bin/dvc init --quiet

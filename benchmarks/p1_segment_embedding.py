@@ -113,7 +113,7 @@ def vit_b16_bundle(image_size: int | None = None) -> Any:
     """A random-weight open_clip ViT-B-16 as a registry ``ClipBundle`` (seeded)."""
     import open_clip
 
-    from use_core.models.registry import ClipBundle
+    from use_core.pretrained.registry import ClipBundle
 
     torch.manual_seed(0)
     model = open_clip.create_model("ViT-B-16", pretrained=None, force_image_size=image_size)
@@ -129,7 +129,7 @@ def tiny_clip_bundle() -> Any:
     """A small random open_clip CLIP (64 px, 2 blocks, ViT-B-16's tokenizer) for quick runs."""
     import open_clip
 
-    from use_core.models.registry import ClipBundle
+    from use_core.pretrained.registry import ClipBundle
 
     torch.manual_seed(0)
     model = open_clip.CLIP(
@@ -249,7 +249,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 def _demo_compare(image: np.ndarray, masks: np.ndarray) -> dict[str, Any]:
     """The demo profile's models through the registry; encoder and sizes from params.yaml."""
     from use_core.config import ModelsConfig, load_params
-    from use_core.models.registry import load_component
+    from use_core.pretrained.registry import load_component
 
     params = load_params(str(REPO_ROOT / "params.yaml"))
     cfg = ModelsConfig(profile="demo", cache_dir=str(models_cache()))

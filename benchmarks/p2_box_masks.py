@@ -1,9 +1,9 @@
 """P2: MobileSAM masks for 32 boxes of one 448×448 image / for 1 box.
 
-Both sides are the product path, ``use_core.curation.masks.masks_from_boxes`` (one image
+Both sides are the product path, ``use_core.sam.masks.masks_from_boxes`` (one image
 embedding, box prompts batched ``box_chunk`` at a time, candidates ranked on the 256×256
 logits, only the winner — and near-ties — upsampled; the decoder is
-``use_core.curation.sam_decoder.decode_prompts``, SAM's decoder without per-box image copies).
+``use_core.sam.decoder.decode_prompts``, SAM's decoder without per-box image copies).
 The wall time includes the image encoder, so the ratio says how much 31 more boxes cost on top
 of the one embedding (target ≤ 1.6×).
 
@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from benchmarks.common import interleaved, median, mobile_sam_path, result, rounded, timed
-from use_core.curation.masks import STABILITY_OFFSET, embed_image, masks_from_boxes
+from use_core.sam.masks import STABILITY_OFFSET, embed_image, masks_from_boxes
 
 ID = "P2"
 WHAT = "MobileSAM masks for 32 boxes / 1 box of one 448x448 image (product masks_from_boxes)"
@@ -35,7 +35,7 @@ TARGET = "<= 1.6x, linear growth"
 def load_mobile_sam() -> Any:
     """MobileSAM ``Sam`` (vit_t) from the checkpoint, CPU, eval."""
     from use_core.config import ModelSpec
-    from use_core.models.registry import load_spec
+    from use_core.pretrained.registry import load_spec
 
     spec = ModelSpec(kind="mobile_sam", name="vit_t", pretrained=str(mobile_sam_path()))
     return load_spec("sam", spec, "cpu")

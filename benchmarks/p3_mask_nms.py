@@ -2,7 +2,7 @@
 
 The reference is the textbook greedy loop: visit masks by score, and for each kept mask compute
 its IoU with every still-alive mask one pair at a time (``&``, ``|``, ``count_nonzero``).
-``use_core.curation.nms.mask_nms`` bit-packs each mask's bounding box once, prunes the pairs
+``use_core.ops.nms.mask_nms`` bit-packs each mask's bounding box once, prunes the pairs
 whose IoU cannot pass the threshold (boxes, areas), and counts the remaining intersections of
 each kept mask in one vectorised AND + popcount step. Both must return the same groups. Growth
 of ``mask_nms`` is measured at 100 / 1,000 / 3,000 masks (the candidate-pair matrix is
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import interleaved, median, result, rounded, timed
-from use_core.curation.nms import mask_nms
+from use_core.ops.nms import mask_nms
 
 ID = "P3"
 WHAT = "mask NMS, 1,000 masks at 512x512: pairwise reference loop / mask_nms"

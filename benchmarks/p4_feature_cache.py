@@ -19,7 +19,7 @@ import torch
 
 from benchmarks.common import median, result, timed
 from use_core.config import Params
-from use_core.data.shapes import generate_shapes
+from use_core.data.shapes.scenes import generate_shapes
 from use_core.train import pairs_from_shapes_gt, train_use_model
 
 ID = "P4"

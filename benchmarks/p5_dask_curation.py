@@ -31,7 +31,7 @@ import pandas as pd
 import yaml
 
 from benchmarks.common import median, models_cache, result, timed
-from use_core.data.shapes import generate_shapes
+from use_core.data.shapes.scenes import generate_shapes
 
 ID = "P5"
 WHAT = "curation flow throughput: Dask LocalCluster 2 workers / 1 worker (1 torch thread each)"

@@ -14,8 +14,8 @@ from prefect import flow, task
 
 from flows.runners import make_task_runner
 from use_core.config import Params, load_params
-from use_core.curation.plan import Plan, Shard, build_plan
 from use_core.curation.stages import STAGES, process_shard, prune_stage, store_for
+from use_core.data.plan import Plan, Shard, build_plan
 from use_core.malloc import apply_runtime
 
 

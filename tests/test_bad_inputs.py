@@ -1,6 +1,6 @@
 """Every bad input ends in the quarantine table or a clear error; the run goes on; nothing lost.
 
-The corpus and its expectations live in :mod:`use_core.data.badinputs` (also used for the
+The corpus and its expectations live in :mod:`badinputs` (also used for the
 report of issue 8); the curation stages run on it with the real demo models and MobileSAM.
 """
 
@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from badinputs import exif_expected_mask, write_bad_inputs_corpus
 
 from use_core.config import Params
 from use_core.curation.stages import nms_shard
-from use_core.data.badinputs import exif_expected_mask, write_bad_inputs_corpus
 from use_core.data.pairs import PAIRS_COLUMNS, CorruptShardError, ShardStore
-from use_core.data.rle import encode_mask
+from use_core.ops.rle import encode_mask
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def report(
     demo_models: dict,
     mobile_sam_checkpoint: Path,
 ) -> dict[str, Any]:
-    from use_core.data.badinputs import run_bad_inputs
+    from badinputs import run_bad_inputs
 
     root = tmp_path_factory.mktemp("bad") / "data"
     result = run_bad_inputs(root, models_cache)

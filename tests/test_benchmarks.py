@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from use_core.data.shapes import generate_shapes
-from use_core.eval.benchmarks import (
+from use_core.data.shapes.scenes import generate_shapes
+from use_core.eval.datasets import (
     BENCHMARKS,
     BenchmarkLayoutError,
     benchmark_root,

@@ -16,7 +16,7 @@ from use_core.curation.captioning import build_prompt, caption_images
 def tiny_captioner(tmp_path_factory: pytest.TempPathFactory):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from use_core.models.demo import build_tiny_captioner
+    from use_core.pretrained.demo import build_tiny_captioner
 
     path = build_tiny_captioner(Path(tmp_path_factory.mktemp("captioner")), seed=0)
     return AutoModelForImageTextToText.from_pretrained(path).eval(), AutoProcessor.from_pretrained(

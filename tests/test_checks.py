@@ -14,7 +14,7 @@ import pytest
 from use_core.checks.pairs_suite import run_pairs_checks
 from use_core.config import ChecksConfig
 from use_core.data.pairs import PAIRS_COLUMNS
-from use_core.data.rle import encode_mask, rle_area, rle_bbox_xywh
+from use_core.ops.rle import encode_mask, rle_area, rle_bbox_xywh
 
 H, W = 24, 32
 NMS_IOU = 0.7

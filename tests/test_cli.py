@@ -20,7 +20,7 @@ from tiny_project import train_tiny_model, write_tiny_params
 from typer.testing import CliRunner
 
 from use_core.cli import app
-from use_core.data.rle import decode_rle
+from use_core.ops.rle import decode_rle
 
 VOCAB = ["red circle", "blue square", "green triangle", "house", "tree", "background"]
 runner = CliRunner()
@@ -44,7 +44,7 @@ def project(
     mobile_sam_checkpoint: Path,
 ) -> dict[str, Path]:
     """params.yaml + a trained tiny model (artifacts/train) + the val pairs table."""
-    from use_core.train import pairs_from_shapes_gt
+    from use_core.data.shapes.gt import pairs_from_shapes_gt
 
     root = tmp_path_factory.mktemp("cli_project")
     params = write_tiny_params(

@@ -143,7 +143,7 @@ def run_curation_trials(cfg: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     from use_core.curation.stages import STAGES, run_stage, store_for
     from use_core.data.pairs import StoreLockedError
-    from use_core.data.shapes import generate_shapes
+    from use_core.data.shapes.scenes import generate_shapes
 
     work = Path(cfg["work"])
     rng = random.Random(cfg["seed"])
@@ -309,8 +309,8 @@ def run_training_trials(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
+    from use_core.data.shapes.gt import pairs_from_shapes_gt, shapes_class_names
     from use_core.train.loop import train_use_model
-    from use_core.train.shapes_gt import pairs_from_shapes_gt, shapes_class_names
     from use_core.train.stage import load_backbones
 
     params = train_params(cfg["models_cache"])
@@ -417,7 +417,7 @@ def run_register_trials(cfg: dict[str, Any]) -> dict[str, Any]:
 
     def register(value: float) -> Callable[[], None]:
         def run() -> None:
-            from use_core.tracking.registry import register_and_promote
+            from use_core.tracking.promotion import register_and_promote
 
             mlflow.set_tracking_uri(uri)
             promotion = register_and_promote(model_uri, name, metric, value)
@@ -481,7 +481,7 @@ def run_curation_once(cfg: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     from use_core.curation.stages import STAGES, run_stage
-    from use_core.data.shapes import generate_shapes
+    from use_core.data.shapes.scenes import generate_shapes
 
     root = Path(cfg["work"]) / "data"
     generate_shapes(
@@ -503,9 +503,9 @@ def run_training_once(cfg: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     from safetensors.torch import load_file
 
+    from use_core.data.shapes.gt import pairs_from_shapes_gt, shapes_class_names
     from use_core.runtime import seed_everything
     from use_core.train.loop import train_use_model
-    from use_core.train.shapes_gt import pairs_from_shapes_gt, shapes_class_names
     from use_core.train.stage import load_backbones
 
     params = train_params(cfg["models_cache"])
@@ -662,7 +662,7 @@ def test_training_killed_after_checkpoints_resumes_to_the_same_weights(
 ) -> None:
     from safetensors.torch import load_file
 
-    from use_core.data.shapes import generate_shapes
+    from use_core.data.shapes.scenes import generate_shapes
 
     shapes = tmp_path / "shapes"
     generate_shapes(shapes, train_images=8, val_images=2, image_size=128, show_progress=False)

@@ -51,7 +51,7 @@ def test_curation_twice_gives_identical_pairs(
 def test_training_twice_with_one_seed_gives_identical_metrics(
     tmp_path: Path, models_cache: Path, demo_models: dict
 ) -> None:
-    from use_core.data.shapes import generate_shapes
+    from use_core.data.shapes.scenes import generate_shapes
 
     shapes = tmp_path / "shapes"
     generate_shapes(shapes, train_images=8, val_images=2, image_size=128, show_progress=False)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from use_core.config import EvalConfig
-from use_core.data.shapes import generate_shapes
+from use_core.data.shapes.scenes import generate_shapes
 from use_core.eval.evaluate import evaluate_benchmark, write_metrics_json
 from use_core.model import USEModel, build_use_model
 
@@ -95,7 +95,7 @@ def test_sam_proposals_mode_runs(
     corpus: Path, model: USEModel, tmp_path: Path, mobile_sam_checkpoint: Path
 ) -> None:
     from use_core.config import ModelSpec
-    from use_core.models.registry import load_spec
+    from use_core.pretrained.registry import load_spec
 
     spec = ModelSpec(kind="mobile_sam", name="vit_t", pretrained=str(mobile_sam_checkpoint))
     sam = load_spec("sam", spec, "cpu")
@@ -113,7 +113,7 @@ def test_proposal_store_is_shared_and_gives_the_same_metrics(
 ) -> None:
     from use_core.config import ModelSpec
     from use_core.infer.proposal_store import ProposalStore
-    from use_core.models.registry import load_spec
+    from use_core.pretrained.registry import load_spec
 
     spec = ModelSpec(kind="mobile_sam", name="vit_t", pretrained=str(mobile_sam_checkpoint))
     sam = load_spec("sam", spec, "cpu")

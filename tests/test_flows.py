@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from use_core.data.shapes import generate_shapes
+from use_core.data.shapes.scenes import generate_shapes
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ from PIL import Image
 
 from use_core.checks.stage import ChecksFailed, run_checks_stage
 from use_core.config import Params, parse_params
-from use_core.curation.plan import build_plan
 from use_core.curation.stages import shard_stage_key, store_for
 from use_core.data.pairs import PAIRS_COLUMNS, PAIRS_SCHEMA, atomic_write_parquet
-from use_core.data.rle import encode_mask, rle_area, rle_bbox_xywh
+from use_core.data.plan import build_plan
+from use_core.ops.rle import encode_mask, rle_area, rle_bbox_xywh
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 24, 32

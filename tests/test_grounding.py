@@ -62,7 +62,7 @@ def test_assign_edge_cases() -> None:
 def tiny_gdino(tmp_path_factory: pytest.TempPathFactory):
     from transformers import GroundingDinoForObjectDetection, GroundingDinoProcessor
 
-    from use_core.models.demo import build_tiny_grounding_dino
+    from use_core.pretrained.demo import build_tiny_grounding_dino
 
     path = build_tiny_grounding_dino(Path(tmp_path_factory.mktemp("gdino")), seed=0)
     model = GroundingDinoForObjectDetection.from_pretrained(path).eval()

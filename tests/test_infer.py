@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from use_core.data.rle import decode_rle
 from use_core.infer.classify import class_probabilities, class_text_embeddings
 from use_core.infer.embed import embed_masks
 from use_core.infer.parts import part_predictions, part_vocabulary, select_part_segments
 from use_core.infer.segment import segment_image
 from use_core.infer.semantic import semantic_map
 from use_core.model import USEModel, build_use_model
+from use_core.ops.rle import decode_rle
 
 
 def tiny_model() -> USEModel:

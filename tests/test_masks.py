@@ -12,7 +12,7 @@ from segment_anything import SamPredictor
 from segment_anything.utils.amg import calculate_stability_score
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from use_core.curation.masks import embed_image, masks_from_boxes
+from use_core.sam.masks import embed_image, masks_from_boxes
 
 SIZE = 448
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from use_core.curation import nms as nms_module
-from use_core.curation.nms import mask_iou_matrix, mask_nms, merge_texts, pack_crops
+from use_core.ops import nms as nms_module
+from use_core.ops.nms import mask_iou_matrix, mask_nms, merge_texts, pack_crops
 
 
 def _rect(h: int, w: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:

@@ -26,7 +26,7 @@ from use_core.data.pairs import (
     validate_pairs_frame,
 )
 from use_core.data.quarantine import QuarantineRecord, QuarantineWriter, read_quarantine, summarize
-from use_core.data.rle import decode_rle, encode_mask, rle_area, rle_bbox_xywh
+from use_core.ops.rle import decode_rle, encode_mask, rle_area, rle_bbox_xywh
 
 REPO = Path(__file__).resolve().parents[1]
 

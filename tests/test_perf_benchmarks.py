@@ -16,8 +16,8 @@ from benchmarks import p2_box_masks as p2
 from benchmarks import p3_mask_nms as p3
 from benchmarks import p7_proposals as p7
 from benchmarks.common import interleaved, run_child
-from use_core.curation.nms import mask_nms
 from use_core.model import build_use_model
+from use_core.ops.nms import mask_nms
 
 
 @pytest.fixture()

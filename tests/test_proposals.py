@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from use_core.data.rle import encode_masks
 from use_core.infer.proposals import (
     best_iou_per_gt,
     generate_proposals,
@@ -19,6 +18,7 @@ from use_core.infer.proposals import (
     point_rounds,
     proposal_recall,
 )
+from use_core.ops.rle import encode_masks
 
 
 def _shapes_scene() -> tuple[np.ndarray, np.ndarray]:
@@ -37,14 +37,14 @@ def _shapes_scene() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def sam(mobile_sam_checkpoint: Path) -> Any:
     from use_core.config import ModelSpec
-    from use_core.models.registry import load_spec
+    from use_core.pretrained.registry import load_spec
 
     spec = ModelSpec(kind="mobile_sam", name="vit_t", pretrained=str(mobile_sam_checkpoint))
     return load_spec("sam", spec, "cpu")
 
 
 def test_grid_proposals_recover_solid_shapes_with_one_encoder_pass(sam: Any) -> None:
-    from use_core.curation.masks import embed_image
+    from use_core.sam.masks import embed_image
 
     image, gt = _shapes_scene()
     calls = []

@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-from use_core.data.rle import decode_rle, encode_mask
 from use_core.infer.embed import embed_masks
 from use_core.infer.query import (
     INDEX_SCHEMA,
@@ -23,6 +22,7 @@ from use_core.infer.query import (
     search,
 )
 from use_core.model import USEModel, build_use_model
+from use_core.ops.rle import decode_rle, encode_mask
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from use_core.config import PAPER_CAPTION_PROMPT, ModelsConfig, ModelSpec
-from use_core.models import demo
-from use_core.models.profiles import PROFILES, ROLES, resolve_spec
-from use_core.models.registry import (
+from use_core.pretrained import demo
+from use_core.pretrained.profiles import PROFILES, ROLES, resolve_spec
+from use_core.pretrained.registry import (
     CaptionerBundle,
     ClipBundle,
     DinoBundle,
@@ -301,7 +301,7 @@ def test_spacy_loader_falls_back_to_the_repackaged_model(demo_cfg: ModelsConfig)
 
 
 def test_missing_local_model_dir_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ModelUnavailableError, match="use_core.models.assets"):
+    with pytest.raises(ModelUnavailableError, match="use_core.pretrained.assets"):
         load_spec("dinov2", ModelSpec(kind="hf_dinov2", name=str(tmp_path / "absent")))
     with pytest.raises(ModelUnavailableError, match="open_clip_config.json"):
         load_spec("clip", ModelSpec(kind="open_clip", name=f"local-dir:{tmp_path}"))

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from use_core.eval.metrics import semantic_metrics
-from use_core.eval.reports import (
+from use_core.viz import (
     CAPTION_HEIGHT,
     LEGEND_WIDTH,
     contact_sheet,

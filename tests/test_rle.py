@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from use_core.data.rle import (
+from use_core.ops.rle import (
     decode_rle,
     decode_rles,
     encode_mask,

@@ -16,9 +16,9 @@ import torch
 from segment_anything.utils.amg import build_point_grid
 from segment_anything.utils.transforms import ResizeLongestSide
 
-import use_core.curation.sam_decoder as sam_decoder
-from use_core.curation.masks import embed_image
-from use_core.curation.sam_decoder import decode_prompts
+import use_core.sam.decoder as sam_decoder
+from use_core.sam.decoder import decode_prompts
+from use_core.sam.masks import embed_image
 
 
 @pytest.fixture(scope="module")

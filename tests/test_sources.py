@@ -299,7 +299,7 @@ def test_problems_route_to_quarantine(root: Path, tmp_path: Path) -> None:
 
 def test_reads_the_generated_shapes_captions(tmp_path: Path) -> None:
     from use_core.config import DataConfig
-    from use_core.data.shapes import generate_shapes
+    from use_core.data.shapes.scenes import generate_shapes
 
     generate_shapes(
         tmp_path / "shapes", train_images=3, val_images=1, image_size=64, show_progress=False

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from use_core.config import ModelsConfig
-from use_core.models.registry import load_component
+from use_core.pretrained.registry import load_component
 
 
 @pytest.fixture(scope="module")

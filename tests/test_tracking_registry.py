@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from use_core.config import Params
-from use_core.tracking.registry import is_better, register_and_promote
+from use_core.tracking.promotion import is_better, register_and_promote
 from use_core.tracking.runs import safe_params, tracking_run
 
 

@@ -16,8 +16,9 @@ from safetensors.torch import load_file
 
 from use_core.config import Params
 from use_core.data.pairs import validate_pairs_frame
+from use_core.data.shapes.gt import pairs_from_shapes_gt, shapes_class_names
 from use_core.model import build_use_model
-from use_core.train import pairs_from_shapes_gt, shapes_class_names, train_use_model
+from use_core.train import train_use_model
 from use_core.train.augment import random_scale_crop
 from use_core.train.dataset import SegmentTextDataset, rng_for
 from use_core.train.feature_cache import CACHE_FORMAT, build_feature_cache

@@ -74,7 +74,7 @@ def assets_cmd(
     sets: SetOpt = None,
 ) -> None:
     """Fetch and verify the offline assets (MobileSAM, spaCy) and build the demo models."""
-    from use_core.models.assets import prepare_assets
+    from use_core.pretrained.assets import prepare_assets
 
     p = get_params(params, sets)
     prepare_assets(Path(p.models.cache_dir), seed=p.runtime.seed)
@@ -87,7 +87,7 @@ def shapes_cmd(
     sets: SetOpt = None,
 ) -> None:
     """Generate the seeded "shapes" demo corpus (images, captions, VG regions, COCO masks)."""
-    from use_core.data.shapes import generate_shapes
+    from use_core.data.shapes.scenes import generate_shapes
 
     cfg = get_params(params, sets).data.shapes
     stats = generate_shapes(out, **cfg.model_dump())
@@ -255,7 +255,7 @@ def _load_model(p: Params, model_dir: Path) -> Any:
     """The trained USE model from ``model_dir`` (train-stage folder or model folder)."""
     from use_core.eval.stage import load_trained_model
     from use_core.model.checkpoint import load_use_model
-    from use_core.models.errors import ModelUnavailableError
+    from use_core.pretrained.errors import ModelUnavailableError
     from use_core.train.stage import load_backbones
 
     try:
@@ -275,8 +275,8 @@ def _load_model(p: Params, model_dir: Path) -> Any:
 
 
 def _load_sam(p: Params) -> Any:
-    from use_core.models.errors import ModelUnavailableError
-    from use_core.models.registry import load_component
+    from use_core.pretrained.errors import ModelUnavailableError
+    from use_core.pretrained.registry import load_component
 
     try:
         with console.status("loading SAM"):

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from use_core.config import ChecksConfig
-from use_core.data.rle import decode_rle, rle_iou_matrix
+from use_core.ops.rle import decode_rle, rle_iou_matrix
 
 REQUIRED_COLUMNS = (
     "image_id",

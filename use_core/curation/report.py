@@ -17,15 +17,15 @@ import numpy as np
 import pandas as pd
 
 from use_core.config import Params
-from use_core.curation.plan import Plan, build_plan
 from use_core.curation.stages import read_stage, write_json
 from use_core.data.pairs import pairs_statistics
+from use_core.data.plan import Plan, build_plan
 from use_core.data.quarantine import read_quarantine, summarize
 
 
 def masks_quality(masks: pd.DataFrame, params: Params) -> dict[str, Any]:
     """Mean / worst IoU of region-box masks against the ground-truth mask with the same box."""
-    from use_core.data.rle import decode_rle, rle_from_string
+    from use_core.ops.rle import decode_rle, rle_from_string
 
     root = Path(params.data.root)
     gt: dict[tuple[str, tuple[int, int, int, int]], dict[str, Any]] = {}

@@ -22,8 +22,8 @@ import pandas as pd
 import pyarrow as pa
 
 from use_core.config import Params
-from use_core.curation.plan import Plan, Shard, build_plan, stage_key
 from use_core.data.pairs import PAIRS_SCHEMA, ShardStore, pairs_to_table
+from use_core.data.plan import Plan, Shard, build_plan, stage_key
 from use_core.data.quarantine import QuarantineRecord, QuarantineWriter
 
 STAGES = ("caption", "ground", "masks", "nms")
@@ -140,7 +140,7 @@ def _device(params: Params) -> Any:
 
 
 def _component(role: str, params: Params) -> Any:
-    from use_core.models.registry import load_component
+    from use_core.pretrained.registry import load_component
 
     return load_component(
         role,  # type: ignore[arg-type]
@@ -331,8 +331,8 @@ def ground_shard(captions: pd.DataFrame, params: Params, shard_index: int = 0) -
 
 def masks_shard(boxes: pd.DataFrame, params: Params, provenance: str = "") -> ShardOutput:
     """SAM masks for every box of an image through ONE image embedding (batched prompts)."""
-    from use_core.curation.masks import masks_from_boxes
-    from use_core.data.rle import encode_mask
+    from use_core.ops.rle import encode_mask
+    from use_core.sam.masks import masks_from_boxes
 
     root = Path(params.data.root)
     cfg = params.masks
@@ -443,8 +443,8 @@ def _needs_sam(boxes: np.ndarray, h: int, w: int, ratio: float) -> bool:
 
 def nms_shard(masks: pd.DataFrame, params: Params, provenance: str = "") -> ShardOutput:
     """Mask NMS per image (greedy by stability score), merging every text into the kept mask."""
-    from use_core.curation.nms import mask_nms, merge_texts
-    from use_core.data.rle import decode_rles, rle_from_string
+    from use_core.ops.nms import mask_nms, merge_texts
+    from use_core.ops.rle import decode_rles, rle_from_string
 
     rows: list[dict[str, Any]] = []
     bad: list[QuarantineRecord] = []

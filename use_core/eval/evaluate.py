@@ -36,21 +36,21 @@ from tqdm import tqdm
 
 from use_core.config import EvalConfig
 from use_core.data.images import load_rgb
-from use_core.data.rle import decode_rle
-from use_core.eval.benchmarks import Benchmark, BenchmarkSample, load_benchmark
+from use_core.eval.datasets import Benchmark, BenchmarkSample, load_benchmark
 from use_core.eval.metrics import SemanticMeter, mask_map
-from use_core.eval.reports import (
-    overlay_segmentation,
-    plot_confusion_matrix,
-    plot_per_class_iou,
-    save_per_class_iou_csv,
-)
 from use_core.infer.classify import DEFAULT_LOGIT_SCALE, class_probabilities, class_text_embeddings
 from use_core.infer.embed import embed_masks
 from use_core.infer.parts import part_predictions, part_vocabulary
 from use_core.infer.proposal_store import ProposalStore, proposal_key
 from use_core.infer.proposals import generate_proposals, label_map_regions
 from use_core.infer.semantic import semantic_map
+from use_core.ops.rle import decode_rle
+from use_core.viz import (
+    overlay_segmentation,
+    plot_confusion_matrix,
+    plot_per_class_iou,
+    save_per_class_iou_csv,
+)
 
 MAX_IMAGE_PIXELS = 40_000_000
 

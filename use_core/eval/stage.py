@@ -42,7 +42,7 @@ def load_trained_model(params: Params, train_dir: Path = TRAIN_DIR) -> Any:
 
 def proposal_settings(params: Params) -> dict[str, Any]:
     """What identifies a SAM proposal besides the image and the grid (part of the store key)."""
-    from use_core.models.profiles import resolve_spec
+    from use_core.pretrained.profiles import resolve_spec
 
     return {"sam": resolve_spec("sam", params.models).model_dump(mode="json")}
 
@@ -58,7 +58,7 @@ def run_proposals_stage(params: Params, out_dir: Path = PROPOSALS_DIR) -> dict[s
     from tqdm import tqdm
 
     from use_core.data.images import load_rgb
-    from use_core.eval.benchmarks import benchmark_root, load_benchmark
+    from use_core.eval.datasets import benchmark_root, load_benchmark
     from use_core.eval.evaluate import sam_proposal_masks, write_metrics_json
     from use_core.infer.proposal_store import ProposalStore
 
@@ -78,7 +78,7 @@ def run_proposals_stage(params: Params, out_dir: Path = PROPOSALS_DIR) -> dict[s
     for path in tqdm(list(paths.values()), desc="proposals"):
         image = load_rgb(path, params.data.max_image_pixels)
         if sam is None:
-            from use_core.models.registry import load_component
+            from use_core.pretrained.registry import load_component
 
             sam = load_component("sam", params.models)
         start = time.perf_counter()
@@ -111,14 +111,14 @@ def run_proposals_stage(params: Params, out_dir: Path = PROPOSALS_DIR) -> dict[s
 def run_eval_stage(
     params: Params, benchmark: str, train_dir: Path = TRAIN_DIR, track: bool = True
 ) -> dict[str, Any]:
-    """Evaluate on ``benchmark`` (a key of ``use_core.eval.benchmarks.BENCHMARKS``)."""
-    from use_core.eval.benchmarks import benchmark_root
+    """Evaluate on ``benchmark`` (a key of ``use_core.eval.datasets.BENCHMARKS``)."""
+    from use_core.eval.datasets import benchmark_root
     from use_core.eval.evaluate import evaluate_benchmark, write_metrics_json
 
     model = load_trained_model(params, train_dir)
     sam = None
     if params.eval.proposals == "sam":
-        from use_core.models.registry import load_component
+        from use_core.pretrained.registry import load_component
 
         sam = load_component("sam", params.models)
     from use_core.infer.proposal_store import ProposalStore

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from use_core.data.rle import encode_masks
+from use_core.ops.rle import encode_masks
 
 
 def part_vocabulary(part_names: Sequence[str], background_names: Sequence[str]) -> list[str]:

@@ -3,7 +3,7 @@
 :func:`generate_proposals` does what segment-anything's ``SamAutomaticMaskGenerator`` does for
 one crop layer, in an order that avoids most of its cost:
 
-1. **one image embedding** (:func:`use_core.curation.masks.embed_image`), or a precomputed one
+1. **one image embedding** (:func:`use_core.sam.masks.embed_image`), or a precomputed one
    passed in (the masks stage and the ``segment`` command share it);
 2. the ``points_per_side²`` grid points go through the mask decoder in batches of
    ``points_per_batch``, three candidates per point (``multimask_output``), **coarse to fine**
@@ -11,7 +11,7 @@ one crop layer, in an order that avoids most of its cost:
    decoded point is skipped — it would give the same masks again. With MobileSAM on a CPU the
    decoder (~0.1–0.3 s per point) is ~85 % of the stock generator's time, so the number of
    decoded points is what sets the speed (``skip_covered=False`` decodes every point). The
-   decoder is :func:`use_core.curation.sam_decoder.decode_prompts` (SAM's decoder rewritten so
+   decoder is :func:`use_core.sam.decoder.decode_prompts` (SAM's decoder rewritten so
    the image embedding is not copied and projected once per point; same outputs up to float
    rounding, ~5× less CPU per point with MobileSAM);
 3. candidates are filtered on SAM's **256×256 low-resolution logits**, cropped to the unpadded
@@ -21,7 +21,7 @@ one crop layer, in an order that avoids most of its cost:
    on the low-resolution masks and scaled to image pixels — cheap, before any upsampling;
 5. only the survivors are upsampled to the image size with ``Sam.postprocess_masks`` (the stock
    generator upsamples every candidate through a 1024×1024 intermediate before filtering);
-6. the project's exact :func:`use_core.curation.nms.mask_nms` (IoU ``mask_nms_iou``) merges
+6. the project's exact :func:`use_core.ops.nms.mask_nms` (IoU ``mask_nms_iou``) merges
    the remaining duplicates.
 
 Thresholds default to SAM's automatic-mask-generator values (predicted IoU 0.88, stability 0.95,
@@ -54,10 +54,10 @@ from segment_anything.utils.amg import (
 from segment_anything.utils.transforms import ResizeLongestSide
 from tqdm import tqdm
 
-from use_core.curation.masks import STABILITY_OFFSET, ImageEmbedding, embed_image
-from use_core.curation.nms import mask_nms
-from use_core.curation.sam_decoder import decode_prompts
-from use_core.data.rle import decode_rle, encode_masks
+from use_core.ops.nms import mask_nms
+from use_core.ops.rle import decode_rle, encode_masks
+from use_core.sam.decoder import decode_prompts
+from use_core.sam.masks import STABILITY_OFFSET, ImageEmbedding, embed_image
 
 SAM_PRED_IOU_THRESH = 0.88  # segment-anything SamAutomaticMaskGenerator default
 SAM_STABILITY_THRESH = 0.95  # segment-anything SamAutomaticMaskGenerator default
@@ -157,7 +157,7 @@ def generate_proposals(
       skip_covered: decode the grid coarse to fine (:func:`point_rounds`) and skip a point that
         lies inside the smallest confident candidate (predicted IoU ≥ ``pred_iou_thresh``) of an
         already decoded point (``False``: decode every point, like SAM's generator).
-      embedding: a precomputed :func:`use_core.curation.masks.embed_image` result for ``image``.
+      embedding: a precomputed :func:`use_core.sam.masks.embed_image` result for ``image``.
       show_progress: a tqdm bar over decoder batches.
     Returns:
       :class:`Proposals` (``source="sam"``), masks sorted by predicted IoU.

@@ -34,9 +34,9 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from use_core.data.images import ImageLoadError, load_rgb
-from use_core.data.rle import decode_rle, encode_masks, rle_bbox_xywh, rle_from_string
-from use_core.eval.reports import contact_sheet
 from use_core.infer.embed import embed_masks
+from use_core.ops.rle import decode_rle, encode_masks, rle_bbox_xywh, rle_from_string
+from use_core.viz import contact_sheet
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 INDEX_SCHEMA = pa.schema(

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from use_core.data.images import load_rgb
-from use_core.data.rle import encode_masks, rle_bbox_xywh
-from use_core.eval.reports import overlay_segmentation
 from use_core.infer.classify import DEFAULT_LOGIT_SCALE, class_probabilities, class_text_embeddings
 from use_core.infer.embed import embed_masks
 from use_core.infer.proposals import Proposals, generate_proposals, load_user_masks
 from use_core.infer.semantic import semantic_map
+from use_core.ops.rle import encode_masks, rle_bbox_xywh
+from use_core.viz import overlay_segmentation
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ A checkpoint directory holds::
     model.safetensors   encoder_head.* and segment_head.* tensors (float32)
     model.json          {"format": "use-model/1", "encoder": "clip+sam", "spec": {...}, ...}
 
-The frozen backbones are not stored: they come from the model registry (``use_core.models``),
+The frozen backbones are not stored: they come from the model registry (``use_core.pretrained``),
 and ``model.json`` records what they were (kind, level names and widths) so loading can refuse a
 mismatch instead of silently mis-wiring weights.
 """

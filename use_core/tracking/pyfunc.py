@@ -84,7 +84,7 @@ def parse_vocab(value: Any) -> list[str] | None:
 
 
 def parse_masks(value: Any, hw: tuple[int, int]) -> np.ndarray | None:
-    from use_core.data.rle import decode_rles
+    from use_core.ops.rle import decode_rles
 
     if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
         return None
@@ -105,7 +105,7 @@ class USEPyfunc(PythonModel):  # type: ignore[misc,valid-type]
 
     def load_context(self, context: Any) -> None:
         from use_core.model.checkpoint import load_use_model
-        from use_core.models.registry import load_component
+        from use_core.pretrained.registry import load_component
         from use_core.train.stage import load_backbones
 
         cfg = json.loads(Path(context.artifacts["config"]).read_text())
@@ -140,9 +140,9 @@ class USEPyfunc(PythonModel):  # type: ignore[misc,valid-type]
             raise _invalid(str(exc)) from None
 
     def _predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        from use_core.data.rle import encode_mask, rle_bbox_xywh
         from use_core.infer.classify import class_probabilities, class_text_embeddings
         from use_core.infer.embed import embed_masks
+        from use_core.ops.rle import encode_mask, rle_bbox_xywh
 
         if not isinstance(frame, pd.DataFrame) or "image" not in frame.columns:
             raise InvalidInput("input must be a table with an 'image' column")
@@ -189,7 +189,7 @@ def input_example() -> pd.DataFrame:
     """A tiny valid request: a 32×32 PNG, one mask, a two-class vocabulary."""
     from PIL import Image
 
-    from use_core.data.rle import encode_mask
+    from use_core.ops.rle import encode_mask
 
     img = np.zeros((32, 32, 3), np.uint8)
     img[8:24, 8:24] = (220, 30, 30)

@@ -26,7 +26,7 @@ def run_register_stage(
     params: Params, train_dir: Path = TRAIN_DIR, out: Path = REGISTER_METRICS
 ) -> dict[str, Any]:
     """Register the training run's model; move the alias only when strictly better."""
-    from use_core.tracking.registry import register_and_promote
+    from use_core.tracking.promotion import register_and_promote
     from use_core.tracking.runs import configure
 
     run = json.loads((train_dir / "run.json").read_text())

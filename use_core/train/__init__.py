@@ -11,19 +11,15 @@ module              what it holds
 ``state``           resumable epoch checkpoints (safetensors + JSON)
 ``metrics_log``     the ``MetricsLogger`` interface and its JSON-lines default
 ``loop``            :func:`train_use_model`, the train stage
-``shapes_gt``       pairs straight from the shapes corpus' ground truth (demo, tests, val)
 ==================  ===========================================================================
 """
 
 from use_core.train.loop import TrainResult, train_use_model
 from use_core.train.metrics_log import JsonlMetricsLogger, MetricsLogger
-from use_core.train.shapes_gt import pairs_from_shapes_gt, shapes_class_names
 
 __all__ = [
     "JsonlMetricsLogger",
     "MetricsLogger",
     "TrainResult",
-    "pairs_from_shapes_gt",
-    "shapes_class_names",
     "train_use_model",
 ]

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from use_core.data.images import load_rgb
-from use_core.data.rle import decode_rles, rle_from_string
+from use_core.ops.rle import decode_rles, rle_from_string
 
 REQUIRED_COLUMNS = ("image_id", "image_path", "height", "width", "segment_id", "rle", "texts")
 DEFAULT_MAX_PIXELS = 40_000_000

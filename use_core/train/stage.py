@@ -40,7 +40,7 @@ def filter_sources(pairs: pd.DataFrame, prefixes: list[str]) -> pd.DataFrame:
 
 def shapes_validation(params: Params) -> tuple[pd.DataFrame | None, list[str] | None]:
     """Ground-truth val segments of the shapes corpus with class names, when it exists."""
-    from use_core.train.shapes_gt import pairs_from_shapes_gt, shapes_class_names
+    from use_core.data.shapes.gt import pairs_from_shapes_gt, shapes_class_names
 
     shapes = Path(params.data.root) / "shapes"
     if not (shapes / "val" / "instances.json").exists():
@@ -57,7 +57,7 @@ def encoder_roles(encoder: str) -> list[str]:
 
 def load_backbones(params: Params) -> dict[str, Any]:
     """The frozen components of the configured encoder, from the model registry."""
-    from use_core.models.registry import load_component
+    from use_core.pretrained.registry import load_component
     from use_core.runtime import select_device
 
     device = select_device(params.runtime)

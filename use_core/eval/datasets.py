@@ -25,7 +25,7 @@ pc459          same root: ``annotations_detectron2/pc459_val/*.tif`` (uint16 0..
                (``"1: accordion"`` lines, ids 1..459)
 partimagenet   ``PartImageNet/``: ``annotations/val.json`` (COCO, 40 part categories),
                ``images/val/<file_name>`` (or ``images/val/<wnid>/<file_name>``)
-shapes         our corpus (:mod:`use_core.data.shapes`): ``classes.json`` ("semantic"),
+shapes         our corpus (:mod:`use_core.data.shapes.scenes`): ``classes.json`` ("semantic"),
                ``val/images/*.png``, ``val/semantic/*.png`` (uint8, 255 ignore)
 shapes_parts   same root: ``val/parts.json`` (COCO parts, ids = ``classes.json["parts"]`` index)
 =============  ==========================================================================
@@ -498,12 +498,12 @@ _SHAPES_LAYOUT = """\
   classes.json            class lists ("semantic", "parts", ...)
   val/images/*.png
   val/semantic/*.png      uint8; index into classes.json "semantic", 255 = ignore
-(generate it with use_core.data.shapes.generate_shapes)"""
+(generate it with use_core.data.shapes.scenes.generate_shapes)"""
 _SHAPES_PARTS_LAYOUT = """\
   classes.json            class lists ("semantic", "parts", ...)
   val/images/*.png
   val/parts.json          COCO parts, category_id = index into classes.json "parts"
-(generate it with use_core.data.shapes.generate_shapes)"""
+(generate it with use_core.data.shapes.scenes.generate_shapes)"""
 
 _SPECS = (
     BenchmarkSpec(

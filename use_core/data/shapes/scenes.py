@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from use_core.data import shapes_vocab as V
+from use_core.data.shapes import vocab as V
 
 SPLITS: tuple[str, ...] = ("train", "val")
 MIN_VISIBLE_FRACTION = 0.55  # an earlier object keeps at least this share of its silhouette

@@ -1,7 +1,7 @@
 """Every pretrained component by role: one loader per spec ``kind``, cached per process.
 
 ``load_component(role, models_cfg, device)`` resolves the role's :class:`ModelSpec` (profile →
-override → ``{cache}`` expansion, see :mod:`use_core.models.profiles`) and calls
+override → ``{cache}`` expansion, see :mod:`use_core.pretrained.profiles`) and calls
 ``LOADERS[spec.kind]``. Loaders never know whether a model is tiny or real: the demo profile's
 models go through exactly the code that loads the paper's.
 
@@ -40,8 +40,8 @@ from typing import Any
 import torch
 
 from use_core.config import ModelsConfig, ModelSpec, Role
-from use_core.models.errors import ModelUnavailableError
-from use_core.models.profiles import SOURCES, resolve_spec
+from use_core.pretrained.errors import ModelUnavailableError
+from use_core.pretrained.profiles import SOURCES, resolve_spec
 
 __all__ = [
     "LOADERS",
@@ -152,7 +152,7 @@ def _from_pretrained(cls: Any, spec: ModelSpec, ctx: LoadContext, **kwargs: Any)
             ctx.role,
             repr(spec.name),
             "no such directory",
-            "build the demo models with `python -m use_core.models.assets` or fix the path",
+            "build the demo models with `python -m use_core.pretrained.assets` or fix the path",
         )
     try:
         return cls.from_pretrained(spec.name, local_files_only=hub_offline(), **kwargs)
@@ -194,7 +194,7 @@ def load_open_clip(spec: ModelSpec, ctx: LoadContext) -> ClipBundle:
                 ctx.role,
                 repr(spec.name),
                 f"no open_clip_config.json in {folder}",
-                "build the demo models with `python -m use_core.models.assets` or fix the path",
+                "build the demo models with `python -m use_core.pretrained.assets` or fix the path",
             )
     is_builtin = not name.startswith(("local-dir:", "hf-hub:"))
     if is_builtin and pretrained and not Path(pretrained).is_file():

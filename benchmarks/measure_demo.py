@@ -7,7 +7,7 @@ split into colour right / shape right, with wall times. It also reports how dist
 name embeddings of the text tower are (mean / max off-diagonal cosine), the ceiling the text side
 puts on any head::
 
-    python -m use_core.train.measure_demo --out /tmp/use_measure \\
+    python -m benchmarks.measure_demo --out /tmp/use_measure \\
         --mobile-sam .cache/models/mobile_sam.pt --encoders sam clip+sam \\
         --sam-input-size 448 --epochs 30 --batch-size 8 --lr 1e-3
 
@@ -30,9 +30,9 @@ from typing import Any
 import torch
 
 from use_core.config import Params
+from use_core.data.shapes.gt import pairs_from_shapes_gt, shapes_class_names
 from use_core.model.text import TextEncoder
 from use_core.train.loop import train_use_model
-from use_core.train.shapes_gt import pairs_from_shapes_gt, shapes_class_names
 
 
 def class_embedding_stats(
@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     if args.mobile_sam is None or not Path(args.mobile_sam).is_file():
         ap.error("--mobile-sam (or USE_MOBILE_SAM) must name the MobileSAM checkpoint")
 
-    from use_core.data.shapes import generate_shapes
-    from use_core.models.demo import build_demo_model
-    from use_core.models.registry import load_component
+    from use_core.data.shapes.scenes import generate_shapes
+    from use_core.pretrained.demo import build_demo_model
+    from use_core.pretrained.registry import load_component
 
     out: Path = args.out
     shapes: Path = args.shapes or out / "shapes"

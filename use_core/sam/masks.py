@@ -9,7 +9,7 @@ the paper), then cleaned of small holes and islands. A box covering more than
 Efficiency: one image embedding serves all boxes of an image (:func:`embed_image`, which the
 caller may cache and pass back); boxes go through the decoder in chunks of ``box_chunk``, with
 SAM's mask decoder rewritten for many prompts on one image
-(:func:`use_core.curation.sam_decoder.decode_prompts`: same weights and outputs up to float
+(:func:`use_core.sam.decoder.decode_prompts`: same weights and outputs up to float
 rounding, ~5× less CPU per box than ``sam.mask_decoder`` with MobileSAM); the
 candidates are ranked on SAM's 256×256 low-resolution logits (stability as in SAM's automatic
 mask generator: ``calculate_stability_score`` at the mask threshold with offset 1.0) and only
@@ -35,8 +35,8 @@ import torch
 from segment_anything.utils.amg import calculate_stability_score, remove_small_regions
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from use_core.curation.sam_decoder import decode_prompts
 from use_core.runtime import run_split
+from use_core.sam.decoder import decode_prompts
 
 STABILITY_OFFSET = 1.0  # segment-anything's default stability_score_offset
 # Candidates whose low-res stability is this close to the best are re-ranked at full size.

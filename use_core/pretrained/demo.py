@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from use_core.models.wordlist import DIGITS_AND_PUNCT, english_corpus
+from use_core.pretrained.wordlist import DIGITS_AND_PUNCT, english_corpus
 
 log = logging.getLogger(__name__)
 
