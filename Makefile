@@ -41,6 +41,7 @@ repro: assets
 lint: venv
 	$(VENV)/bin/ruff check use_core flows tests benchmarks
 	$(VENV)/bin/ruff format --check use_core flows tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: venv
 	$(VENV)/bin/mypy use_core

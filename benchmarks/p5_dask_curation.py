@@ -60,7 +60,7 @@ def write_project(
 def curated_pairs(params_path: Path) -> pd.DataFrame:
     """The NMS stage's pairs, without provenance, in a stable order."""
     from use_core.config import load_params
-    from use_core.curation.stages import read_stage
+    from use_core.pipeline.shards import read_stage
 
     df = read_stage("nms", load_params(params_path))
     return (

@@ -49,11 +49,11 @@ def project_params(root: Path, train_images: int, epochs: int) -> Path:
 def run(quick: bool = False) -> dict[str, Any]:
     train_images, epochs = (4, 1) if quick else (4, 3)
     stages = [
-        ["shapes", "--out", "data/shapes"],
+        ["shapes"],
         ["caption"],
         ["ground"],
         ["masks"],
-        ["nms", "--metrics", "metrics/curation.json"],
+        ["nms"],
         ["train", "--no-track"],
     ]
     children: dict[str, dict[str, Any]] = {}

@@ -14,9 +14,9 @@ from prefect import flow, task
 
 from flows.runners import make_task_runner
 from use_core.config import Params, load_params
-from use_core.curation.stages import STAGES, process_shard, prune_stage, store_for
 from use_core.data.plan import Plan, Shard, build_plan
 from use_core.malloc import apply_runtime
+from use_core.pipeline.shards import STAGES, process_shard, prune_stage, store_for
 
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="{stage}-shard-{shard.index}")
@@ -35,10 +35,11 @@ def plan_task(params: Params) -> Plan:
 
 
 @task
-def report_task(params: Params, metrics_path: str) -> dict[str, Any]:
-    from use_core.curation.report import curation_report
+def report_task(params: Params, metrics_path: str | None) -> dict[str, Any]:
+    """The nms stage's statistics (its ``metrics`` output unless ``metrics_path`` is given)."""
+    from use_core.pipeline.nms import write_statistics
 
-    return curation_report(params, Path(metrics_path))
+    return write_statistics(params, Path(metrics_path) if metrics_path else None)
 
 
 def run_curation_stages(params: Params, plan: Plan) -> dict[str, list[dict[str, Any]]]:
@@ -49,7 +50,7 @@ def run_curation_stages(params: Params, plan: Plan) -> dict[str, list[dict[str, 
     stage. Every stage's store is locked for the whole run (in stage order, as ``use`` does
     stage by stage); stale shards are pruned at the end.
     """
-    from use_core.curation.stages import quarantine_for
+    from use_core.pipeline.shards import quarantine_for
 
     with ExitStack() as locks:
         for stage in STAGES:
@@ -79,7 +80,7 @@ def run_curation_stages(params: Params, plan: Plan) -> dict[str, list[dict[str, 
 def curation_flow(
     params_path: str = "params.yaml",
     overrides: dict[str, Any] | None = None,
-    metrics_path: str = "metrics/curation.json",
+    metrics_path: str | None = None,
 ) -> dict[str, Any]:
     """captions → expressions + grounding → SAM masks → mask NMS → pairs, then statistics."""
     params = load_params(params_path, overrides)

@@ -1,4 +1,10 @@
-"""The whole USE pipeline as one Prefect flow, and its schedule (`use schedule`)."""
+"""The whole USE pipeline as one Prefect flow, and its schedule (`use schedule`).
+
+The flow runs every stage of :data:`use_core.pipeline.table.STAGES` in the table's order (which
+is ``dvc.yaml``'s): the shard stages (caption → ground → masks → nms) as the curation sub-flow,
+mapped over image shards on the task runner of ``runtime.task_runner``; every other stage as one
+task (one per item of a foreach stage).
+"""
 
 from __future__ import annotations
 
@@ -8,22 +14,32 @@ from prefect import flow
 
 from flows.curation import curation_flow
 from flows.runners import make_task_runner
-from flows.training import evaluation_flow, training_flow
+from flows.stages import run_stage_task
 from use_core.config import load_params
+from use_core.malloc import apply_runtime
+from use_core.pipeline.table import SHARD_STAGES, STAGES
 
 
 @flow(name="use-pipeline", log_prints=True)
 def pipeline_flow(
     params_path: str = "params.yaml", overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """curation → checks → training → evaluation → registration, the same chain as dvc.yaml."""
+    """Every stage of the table, in order; the result of each by stage name."""
     params = load_params(params_path, overrides)
-    curation = curation_flow.with_options(task_runner=make_task_runner(params.runtime))(
-        params_path=params_path, overrides=overrides
-    )
-    training = training_flow(params_path=params_path, overrides=overrides)
-    evaluation = evaluation_flow(params_path=params_path, overrides=overrides)
-    return {"curation": curation["stats"], "training": training, "evaluation": evaluation}
+    apply_runtime(params.runtime)
+    results: dict[str, Any] = {}
+    for spec in STAGES:
+        if spec.shards:
+            if spec.name == SHARD_STAGES[0]:  # the sub-flow runs every shard stage
+                runner = make_task_runner(params.runtime)
+                curation = curation_flow.with_options(task_runner=runner)(
+                    params_path=params_path, overrides=overrides
+                )
+                results.update({name: curation["stages"][name] for name in SHARD_STAGES})
+                results["curation_stats"] = curation["stats"]
+            continue
+        results[spec.name] = run_stage_task(spec, params)
+    return results
 
 
 def serve_pipeline(params_path: str = "params.yaml", name: str = "use-pipeline") -> None:

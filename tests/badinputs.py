@@ -316,9 +316,9 @@ def bad_inputs_params(manifest: BadInputsManifest, models_cache: str | Path) -> 
 
 def _corrupt_masks_rows(params: Any, manifest: BadInputsManifest) -> list[str]:
     """Break the rows named by the ``pairs_row`` items in the masks store; return what was done."""
-    from use_core.curation.stages import shard_stage_key, store_for
     from use_core.data.plan import build_plan
     from use_core.ops.rle import encode_mask
+    from use_core.pipeline.shards import shard_stage_key, store_for
 
     store = store_for("masks", params)
     done = []
@@ -350,8 +350,8 @@ def _corrupt_masks_rows(params: Any, manifest: BadInputsManifest) -> list[str]:
 
 def _truncated_shard_error(params: Any, scratch: Path) -> str | None:
     """Copy one pairs shard, truncate it, read it: return the error message (None if it read)."""
-    from use_core.curation.stages import store_for
     from use_core.data.pairs import ShardStore
+    from use_core.pipeline.shards import store_for
 
     pairs = store_for("nms", params)
     keys = pairs.keys()
@@ -379,9 +379,9 @@ def run_bad_inputs(
     """
     import pandas as pd
 
-    from use_core.curation.stages import read_stage, run_stage
     from use_core.data.quarantine import read_quarantine, summarize
     from use_core.ops.rle import decode_rle, rle_from_string
+    from use_core.pipeline.shards import read_stage, run_stage
 
     manifest = write_bad_inputs_corpus(root)
     params = bad_inputs_params(manifest, models_cache)

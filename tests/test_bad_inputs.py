@@ -16,9 +16,9 @@ import pytest
 from badinputs import exif_expected_mask, write_bad_inputs_corpus
 
 from use_core.config import Params
-from use_core.curation.stages import nms_shard
 from use_core.data.pairs import PAIRS_COLUMNS, CorruptShardError, ShardStore
 from use_core.ops.rle import encode_mask
+from use_core.pipeline.nms import nms_shard
 
 
 @pytest.fixture(scope="module")

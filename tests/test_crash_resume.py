@@ -105,9 +105,9 @@ def _curation_params(root: Path, models_cache: str) -> Any:
 
 def _snapshot(params: Any) -> dict[str, Any]:
     """Stage outputs, quarantine and leftovers of a curation root, as comparable JSON strings."""
-    from use_core.curation.stages import STAGES, read_stage, store_for
     from use_core.data.pairs import pairs_to_table
     from use_core.data.quarantine import read_quarantine
+    from use_core.pipeline.shards import STAGES, read_stage, store_for
 
     out: dict[str, Any] = {}
     for stage in STAGES:
@@ -125,7 +125,7 @@ def _snapshot(params: Any) -> dict[str, Any]:
 
 
 def _progress(params: Any) -> dict[str, int]:
-    from use_core.curation.stages import STAGES, store_for
+    from use_core.pipeline.shards import STAGES, store_for
 
     shards = {s: len(store_for(s, params).keys()) for s in STAGES}
     shards["tmp"] = sum(len(store_for(s, params).stale_tmp_files()) for s in STAGES)
@@ -141,9 +141,9 @@ def run_curation_trials(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    from use_core.curation.stages import STAGES, run_stage, store_for
     from use_core.data.pairs import StoreLockedError
     from use_core.data.shapes.scenes import generate_shapes
+    from use_core.pipeline.shards import STAGES, run_stage, store_for
 
     work = Path(cfg["work"])
     rng = random.Random(cfg["seed"])
@@ -153,10 +153,10 @@ def run_curation_trials(cfg: dict[str, Any]) -> dict[str, Any]:
             root / "shapes", train_images=4, val_images=1, image_size=128, show_progress=False
         )
     params = {name: _curation_params(root, cfg["models_cache"]) for name, root in roots.items()}
-    from use_core.curation.stages import _component
+    from use_core.pipeline.shards import component
 
     for role in ("captioner", "spacy", "grounding", "sam"):
-        _component(role, params["ref"])  # loaded once, inherited by every forked child
+        component(role, params["ref"])  # loaded once, inherited by every forked child
 
     def stages_fn(p: Any, stages: tuple[str, ...], wait: bool = False) -> Callable[[], None]:
         def run() -> None:
@@ -269,8 +269,8 @@ def run_curation_trials(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _snapshot_stages(params: Any, stages: tuple[str, ...]) -> dict[str, Any]:
-    from use_core.curation.stages import read_stage
     from use_core.data.quarantine import read_quarantine
+    from use_core.pipeline.shards import read_stage
 
     out = {s: read_stage(s, params).to_json(orient="records") for s in stages}
     q = read_quarantine(Path(params.data.root) / "curation" / "quarantine")
@@ -310,8 +310,8 @@ def run_training_trials(cfg: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     from use_core.data.shapes.gt import pairs_from_shapes_gt, shapes_class_names
+    from use_core.pipeline.train import load_backbones
     from use_core.train.loop import train_use_model
-    from use_core.train.stage import load_backbones
 
     params = train_params(cfg["models_cache"])
     shapes = Path(cfg["shapes"])
@@ -480,8 +480,8 @@ def run_curation_once(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    from use_core.curation.stages import STAGES, run_stage
     from use_core.data.shapes.scenes import generate_shapes
+    from use_core.pipeline.shards import STAGES, run_stage
 
     root = Path(cfg["work"]) / "data"
     generate_shapes(
@@ -504,9 +504,9 @@ def run_training_once(cfg: dict[str, Any]) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     from use_core.data.shapes.gt import pairs_from_shapes_gt, shapes_class_names
+    from use_core.pipeline.train import load_backbones
     from use_core.runtime import seed_everything
     from use_core.train.loop import train_use_model
-    from use_core.train.stage import load_backbones
 
     params = train_params(cfg["models_cache"])
     params.train.epochs = 2

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from use_core.config import Params, parse_params
-from use_core.curation.report import curation_report
-from use_core.curation.stages import STAGES, read_stage, run_stage, shard_stage_key, store_for
 from use_core.data.plan import build_plan
 from use_core.data.shapes.scenes import generate_shapes
+from use_core.pipeline.curation_report import curation_report
+from use_core.pipeline.shards import STAGES, read_stage, run_stage, shard_stage_key, store_for
 
 
 @pytest.fixture(scope="module")

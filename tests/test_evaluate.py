@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from use_core.config import EvalConfig
+from use_core.data.metrics_json import write_metrics_json
 from use_core.data.shapes.scenes import generate_shapes
-from use_core.eval.evaluate import evaluate_benchmark, write_metrics_json
+from use_core.eval.evaluate import evaluate_benchmark
 from use_core.model import USEModel, build_use_model
 
 

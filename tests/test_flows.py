@@ -43,7 +43,7 @@ def _project(tmp: Path, models_cache: Path, runner: str) -> Path:
 
 def _pairs(tmp: Path) -> pd.DataFrame:
     from use_core.config import load_params
-    from use_core.curation.stages import read_stage
+    from use_core.pipeline.shards import read_stage
 
     p = load_params(tmp / "params-threads.yaml")
     df = read_stage("nms", p)
@@ -102,3 +102,75 @@ def test_worker_teardown_freezes_the_objects_for_exit() -> None:
     frozen, left = (int(x) for x in done.stdout.split())
     assert frozen > 100_000  # the process's objects, the 100,000 lists among them
     assert left < 1_000  # what a final collection would still have to walk
+
+
+@pytest.mark.slow
+def test_pipeline_flow_runs_every_stage_of_the_table_in_order(
+    tmp_path: Path,
+    models_cache: Path,
+    demo_models: dict,
+    mobile_sam_checkpoint: Path,
+    prefect_server,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pipeline flow, on a tiny project, runs the table's stages in dvc.yaml's order: each
+    as a task (the shard stages inside the curation sub-flow), read back from the Prefect API."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+    )
+    from prefect.client.schemas.sorting import TaskRunSort
+    from tiny_project import TINY_TRAIN
+
+    from flows.pipeline import pipeline_flow
+    from use_core.pipeline.table import SHARD_STAGES, STAGES
+
+    monkeypatch.chdir(tmp_path)  # the table's paths are relative to the project folder
+    params = {
+        "data": {
+            "root": "data",
+            "shard_size": 2,
+            "shapes": {"train_images": 3, "val_images": 1, "image_size": 128},
+        },
+        "caption": {"enabled": False},
+        "ground": {"max_boxes": 2},
+        "models": {"cache_dir": str(models_cache)},
+        "train": {**TINY_TRAIN, "sources": []},
+        "eval": {"points_per_side": 4, "num_overlays": 0},
+        "runtime": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    }
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+
+    state = pipeline_flow(str(path), return_state=True)
+    result = state.result()
+    names = [s.name for s in STAGES]
+    assert [k for k in result if k in names] == names
+    assert int(result["register"]["version"]) == 1
+    assert set(result["evaluate"]) == {"shapes", "shapes_parts"}
+
+    async def task_names() -> list[str]:
+        async with get_client() as client:
+            flows = [state.state_details.flow_run_id]
+            subflows = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=flows)
+                )
+            )
+            ids = flows + [f.id for f in subflows]
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
+                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+            )
+            return [r.name for r in runs]
+
+    ran = asyncio.run(task_names())
+    stage_of = [n.split("-shard-")[0].split("-")[0] for n in ran if n != "plan_task"]
+    order = [n for i, n in enumerate(stage_of) if n in names and n not in stage_of[:i]]
+    assert order == names, ran
+    shards = {s: sum(n.startswith(f"{s}-shard-") for n in ran) for s in SHARD_STAGES}
+    assert min(shards.values()) == max(shards.values()) >= 2, shards  # every shard, each stage

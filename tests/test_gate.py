@@ -17,12 +17,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from use_core.checks.stage import ChecksFailed, run_checks_stage
 from use_core.config import Params, parse_params
-from use_core.curation.stages import shard_stage_key, store_for
 from use_core.data.pairs import PAIRS_COLUMNS, PAIRS_SCHEMA, atomic_write_parquet
 from use_core.data.plan import build_plan
 from use_core.ops.rle import encode_mask, rle_area, rle_bbox_xywh
+from use_core.pipeline.checks import ChecksFailed, run_checks_stage
+from use_core.pipeline.shards import shard_stage_key, store_for
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 24, 32
@@ -163,7 +163,7 @@ def test_checks_command_exits_non_zero_so_train_never_runs(project: Params) -> N
     assert proc.returncode == 1, proc.stderr
     assert "[FAIL] rle_decodes_to_image_size" in proc.stdout
     assert "e.g. image_id='src/1', segment_id=0" in proc.stdout
-    assert "pairs checks failed: nothing downstream runs" in proc.stderr
+    assert "checks failed: nothing downstream runs" in proc.stderr
     # DVC runs train only after checks succeeded: train depends on the checks report
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert stages["checks"]["cmd"].startswith("use checks")

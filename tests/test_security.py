@@ -210,8 +210,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, models_cache: Path, demo_mo
     from use_core.config import Params
     from use_core.model import build_use_model
     from use_core.model.checkpoint import save_use_model
+    from use_core.pipeline.train import load_backbones
     from use_core.tracking.pyfunc import USEPyfunc
-    from use_core.train.stage import load_backbones
 
     tmp = tmp_path_factory.mktemp("pyfunc")
     params = Params()

@@ -1,7 +1,8 @@
 """The `use` command line: one sub-command per pipeline stage plus the user-facing tools.
 
-Every command only parses options and calls one function of `use_core`; DVC stages and Prefect
-flows call the same functions. Heavy libraries are imported inside the commands so that
+The stage commands come from the stage table (:mod:`use_core.pipeline.commands`); DVC and the
+Prefect flows run the same stage functions. Every tool command only parses options and calls
+one function of `use_core`. Heavy libraries are imported inside the commands so that
 `use --help` stays fast.
 """
 
@@ -13,9 +14,17 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.console import Console
 
-from use_core.config import ConfigError, Params, load_params
+from use_core.config import Params
+from use_core.pipeline.commands import (
+    ParamsOpt,
+    SetOpt,
+    add_stage_commands,
+    console,
+    get_params,
+    overrides,
+)
+from use_core.pipeline.table import stage
 
 app = typer.Typer(
     name="use",
@@ -24,38 +33,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-
-ParamsOpt = Annotated[
-    Path, typer.Option("--params", "-p", help="params.yaml to read (every knob of the pipeline).")
-]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-S", help="Override a param, e.g. -S train.lr=0.01 (repeatable)."),
-]
-
-
-def _overrides(pairs: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in pairs or []:
-        if "=" not in item:
-            raise typer.BadParameter(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def get_params(path: Path, sets: list[str] | None = None) -> Params:
-    """Load and validate params (a config error becomes a clean CLI error); apply ``runtime``."""
-    try:
-        params = load_params(path, _overrides(sets))
-    except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(code=2) from None
-    from use_core.malloc import apply_runtime
-
-    apply_runtime(params.runtime)  # before any model runs: freed activations are reused
-    return params
+add_stage_commands(app)
 
 
 @app.command("params")
@@ -80,137 +58,9 @@ def assets_cmd(
     prepare_assets(Path(p.models.cache_dir), seed=p.runtime.seed)
 
 
-@app.command("shapes")
-def shapes_cmd(
-    out: Annotated[Path, typer.Option(help="Output folder of the corpus.")] = Path("data/shapes"),
-    params: ParamsOpt = Path("params.yaml"),
-    sets: SetOpt = None,
-) -> None:
-    """Generate the seeded "shapes" demo corpus (images, captions, VG regions, COCO masks)."""
-    from use_core.data.shapes.scenes import generate_shapes
-
-    cfg = get_params(params, sets).data.shapes
-    stats = generate_shapes(out, **cfg.model_dump())
-    typer.echo(json.dumps(stats, indent=2, sort_keys=True))
-
-
-def _run_curation_stage(stage: str, params: Path, sets: list[str] | None) -> None:
-    from use_core.curation.stages import run_stage
-
-    p = get_params(params, sets)
-    report = run_stage(stage, p)
-    console.print(
-        f"[green]{stage}[/green]: {report.shards} shards ({report.computed} computed, "
-        f"{report.skipped} already done, {report.pruned} stale removed) in {report.seconds:.1f} s"
-    )
-    if report.counters:
-        console.print(json.dumps(report.counters, sort_keys=True))
-
-
-@app.command("caption")
-def caption_cmd(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> None:
-    """Curation 1/4: ground-truth captions plus the MLLM's (paper prompt), per image shard."""
-    _run_curation_stage("caption", params, sets)
-
-
-@app.command("ground")
-def ground_cmd(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> None:
-    """Curation 2/4: referring expressions (spaCy) grounded with the whole caption; VG regions."""
-    _run_curation_stage("ground", params, sets)
-
-
-@app.command("masks")
-def masks_cmd(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> None:
-    """Curation 3/4: SAM masks from the boxes (one image embedding per image, batched prompts)."""
-    _run_curation_stage("masks", params, sets)
-
-
-@app.command("nms")
-def nms_cmd(
-    params: ParamsOpt = Path("params.yaml"),
-    sets: SetOpt = None,
-    metrics: Annotated[Path, typer.Option(help="Curation statistics (JSON).")] = Path(
-        "metrics/curation.json"
-    ),
-) -> None:
-    """Curation 4/4: mask NMS merging texts → the segment-text pairs table, plus statistics."""
-    from use_core.curation.report import curation_report
-
-    _run_curation_stage("nms", params, sets)
-    stats = curation_report(get_params(params, sets), metrics)
-    console.print(
-        f"pairs: {stats['segments']} segments, {stats['texts']} texts, "
-        f"{stats['unique_expressions']} unique expressions; quarantined "
-        f"{stats['quarantine']['total']}"
-    )
-
-
-@app.command("checks")
-def checks_cmd(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> None:
-    """Data-quality gate (great-expectations) on the pairs table; exits 1 when it fails."""
-    from use_core.checks.stage import ChecksFailed, run_checks_stage
-
-    try:
-        result = run_checks_stage(get_params(params, sets))
-    except ChecksFailed as exc:
-        typer.echo(str(exc))
-        console.print("[red]pairs checks failed: nothing downstream runs[/red]")
-        raise typer.Exit(code=1) from None
-    console.print(
-        f"[green]pairs checks passed[/green] on {result['rows']} rows; {result['report']}"
-    )
-
-
-@app.command("train")
-def train_cmd(
-    params: ParamsOpt = Path("params.yaml"),
-    sets: SetOpt = None,
-    track: Annotated[bool, typer.Option(help="Log the run and the model to MLflow.")] = True,
-) -> None:
-    """Train the USE head on the curated pairs (resumes an interrupted run; new params restart)."""
-    from use_core.train.stage import run_train_stage
-
-    metrics = run_train_stage(get_params(params, sets), track=track)
-    typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
-
-
-@app.command("evaluate")
-def evaluate_cmd(
-    benchmark: Annotated[
-        str, typer.Option(help="Benchmark name (shapes, shapes_parts, ade150...).")
-    ],
-    params: ParamsOpt = Path("params.yaml"),
-    sets: SetOpt = None,
-    track: Annotated[bool, typer.Option(help="Log the evaluation to MLflow.")] = True,
-) -> None:
-    """Zero-shot semantic / part segmentation of the trained model on one benchmark."""
-    from use_core.eval.stage import run_eval_stage
-
-    metrics = run_eval_stage(get_params(params, sets), benchmark, track=track)
-    typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
-
-
-@app.command("register")
-def register_cmd(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> None:
-    """Register the trained model in MLflow; move the champion alias only if strictly better."""
-    from use_core.tracking.register import run_register_stage
-
-    result = run_register_stage(get_params(params, sets))
-    colour = "green" if result["promoted"] else "yellow"
-    console.print(f"[{colour}]{result['name']} v{result['version']}[/{colour}]: {result['reason']}")
-
-
-@app.command("proposals")
-def proposals_cmd(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> None:
-    """SAM proposals, once, for the val images of every configured benchmark (cached)."""
-    from use_core.eval.stage import run_proposals_stage
-
-    metrics = run_proposals_stage(get_params(params, sets))
-    typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
-
-
 # ------------------------------------------------------------------ user-facing tools
 
+TRAIN_DIR = Path(stage("train").output("model_dir"))
 ModelDirOpt = Annotated[
     Path,
     typer.Option(
@@ -253,10 +103,10 @@ def parse_vocab(text: str) -> list[str]:
 
 def _load_model(p: Params, model_dir: Path) -> Any:
     """The trained USE model from ``model_dir`` (train-stage folder or model folder)."""
-    from use_core.eval.stage import load_trained_model
     from use_core.model.checkpoint import load_use_model
+    from use_core.pipeline.evaluate import load_trained_model
+    from use_core.pipeline.train import load_backbones
     from use_core.pretrained.errors import ModelUnavailableError
-    from use_core.train.stage import load_backbones
 
     try:
         with console.status(f"loading the USE model from {model_dir}"):
@@ -297,7 +147,7 @@ def segment_cmd(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Overlay PNG; the JSON goes next to it.")
     ] = Path("segment.png"),
-    model_dir: ModelDirOpt = Path("artifacts/train"),
+    model_dir: ModelDirOpt = TRAIN_DIR,
     points_per_side: Annotated[
         int | None,
         typer.Option(min=1, max=128, help="SAM point grid side (default: eval.points_per_side)."),
@@ -390,7 +240,7 @@ def index_cmd(
         Path | None,
         typer.Option(help="Folder the pairs' image paths are relative to (default: data.root)."),
     ] = None,
-    model_dir: ModelDirOpt = Path("artifacts/train"),
+    model_dir: ModelDirOpt = TRAIN_DIR,
     points_per_side: Annotated[
         int | None,
         typer.Option(min=1, max=128, help="SAM point grid side (default: eval.points_per_side)."),
@@ -429,8 +279,8 @@ def index_cmd(
                 raise _fail(f"pairs table {pairs} does not exist")
             frame = pd.read_parquet(pairs)
         else:
-            from use_core.curation.stages import read_stage
             from use_core.data.sources import SourceError
+            from use_core.pipeline.shards import read_stage
 
             try:
                 frame = read_stage("nms", p)
@@ -476,7 +326,7 @@ def query_cmd(
         Path | None,
         typer.Option(help="Folder the index's image paths are relative to (default: stored)."),
     ] = None,
-    model_dir: ModelDirOpt = Path("artifacts/train"),
+    model_dir: ModelDirOpt = TRAIN_DIR,
     params: ParamsOpt = Path("params.yaml"),
     sets: SetOpt = None,
 ) -> None:
@@ -510,6 +360,8 @@ def query_cmd(
     for rank, hit in enumerate(hits.itertuples(index=False), start=1):
         box = ", ".join(f"{v:.0f}" for v in hit.bbox)
         table.add_row(str(rank), hit.image, str(hit.segment_id), f"[{box}]", f"{hit.score:.4f}")
+    from rich.console import Console
+
     Console().print(table)
     try:
         save_hits_sheet(hits, out, seg_index.root, max_pixels=p.data.max_image_pixels)
@@ -523,20 +375,14 @@ def query_cmd(
 
 
 def _import_flows() -> Any:
-    """``flows.deploy``; the flows/ folder sits next to use_core/ in a checkout."""
-    import importlib
-    import sys
-
+    """``flows.deploy`` (the Prefect flows are installed with use_core)."""
     try:
-        return importlib.import_module("flows.deploy")
+        from flows import deploy
     except ModuleNotFoundError as exc:
         if exc.name not in ("flows", "flows.deploy"):
             raise
-        checkout = Path(__file__).resolve().parents[1]
-        if not (checkout / "flows" / "deploy.py").exists():
-            raise _fail("the Prefect flows (flows/) are not available here", code=1) from None
-        sys.path.insert(0, str(checkout))
-        return importlib.import_module("flows.deploy")
+        raise _fail("the Prefect flows (flows/) are not installed here", code=1) from None
+    return deploy
 
 
 @app.command("schedule")
@@ -558,10 +404,10 @@ def schedule_cmd(
     """
     p = get_params(params, sets)
     deploy = _import_flows()
-    overrides = _overrides(sets)
+    extra = overrides(sets)
     try:
         deployment = deploy.pipeline_deployment(
-            str(params.resolve()), cron or p.runtime.schedule_cron, name, overrides or None
+            str(params.resolve()), cron or p.runtime.schedule_cron, name, extra or None
         )
     except ValueError as exc:  # pydantic rejects a malformed cron
         raise _fail(f"invalid schedule {cron or p.runtime.schedule_cron!r}: {exc}") from None
@@ -569,7 +415,7 @@ def schedule_cmd(
     if dry_run:
         return
     console.print(f"serving [bold]{deployment.flow_name}/{deployment.name}[/bold] (Ctrl-C stops)")
-    if cron is None and not overrides:
+    if cron is None and not extra:
         from flows.pipeline import serve_pipeline
 
         serve_pipeline(str(params.resolve()), name=name)

@@ -24,7 +24,6 @@ Outputs in ``out_dir``: ``metrics.json`` (NaN written as null), ``per_class_iou.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,13 +35,14 @@ from tqdm import tqdm
 
 from use_core.config import EvalConfig
 from use_core.data.images import load_rgb
+from use_core.data.metrics_json import write_metrics_json
 from use_core.eval.datasets import Benchmark, BenchmarkSample, load_benchmark
 from use_core.eval.metrics import SemanticMeter, mask_map
 from use_core.infer.classify import DEFAULT_LOGIT_SCALE, class_probabilities, class_text_embeddings
 from use_core.infer.embed import embed_masks
 from use_core.infer.parts import part_predictions, part_vocabulary
-from use_core.infer.proposal_store import ProposalStore, proposal_key
-from use_core.infer.proposals import generate_proposals, label_map_regions
+from use_core.infer.proposal_store import ProposalStore, sam_proposal_masks
+from use_core.infer.proposals import label_map_regions
 from use_core.infer.semantic import semantic_map
 from use_core.ops.rle import decode_rle
 from use_core.viz import (
@@ -53,27 +53,6 @@ from use_core.viz import (
 )
 
 MAX_IMAGE_PIXELS = 40_000_000
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf → None, numpy scalars → Python, recursively."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_metrics_json(metrics: Mapping[str, Any], path: str | Path) -> Path:
-    """Write ``metrics`` as sorted JSON with NaN/inf as ``null``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(metrics), indent=2, sort_keys=True, allow_nan=False))
-    return path
 
 
 class _ShapesInstances:
@@ -108,43 +87,6 @@ def _oracle_masks(
         return shapes.masks(sample.image_path.name, hw)
     masks, _ = label_map_regions(bench.read_label(sample), bench.ignore_index)
     return masks
-
-
-def sam_proposal_masks(
-    sam: Any,
-    image: np.ndarray,
-    image_path: Path,
-    points_per_side: int,
-    nms_iou: float,
-    store: ProposalStore | None = None,
-    settings: Mapping[str, Any] | None = None,
-    **proposal_kwargs: Any,
-) -> tuple[np.ndarray, bool]:
-    """SAM grid proposals of one image, read from / written to ``store`` when given.
-
-    ``settings`` identify the SAM model and any setting not in the arguments (part of the key).
-    Returns ``(masks (N, H, W) bool, from_cache)``.
-    """
-    key = None
-    if store is not None:
-        key = proposal_key(
-            image_path,
-            {
-                **(settings or {}),
-                **proposal_kwargs,
-                "points_per_side": points_per_side,
-                "mask_nms_iou": nms_iou,
-            },
-        )
-        cached = store.get(key)
-        if cached is not None and cached.masks.shape[1:] == image.shape[:2]:
-            return cached.masks, True
-    if sam is None:
-        raise ValueError("SAM proposals are not cached for this image and no SAM model was given")
-    props = generate_proposals(sam, image, points_per_side, mask_nms_iou=nms_iou, **proposal_kwargs)
-    if store is not None and key is not None:
-        store.put(key, props)
-    return props.masks, False
 
 
 def evaluate_benchmark(

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from use_core.infer.proposals import Proposals
+from use_core.infer.proposals import Proposals, generate_proposals
 
 
 def proposal_key(image_path: str | Path, settings: Mapping[str, Any]) -> str:
@@ -88,3 +88,40 @@ class ProposalStore:
 
     def __len__(self) -> int:
         return sum(1 for _ in self.root.glob("*/*.npz")) if self.root.exists() else 0
+
+
+def sam_proposal_masks(
+    sam: Any,
+    image: np.ndarray,
+    image_path: Path,
+    points_per_side: int,
+    nms_iou: float,
+    store: ProposalStore | None = None,
+    settings: Mapping[str, Any] | None = None,
+    **proposal_kwargs: Any,
+) -> tuple[np.ndarray, bool]:
+    """SAM grid proposals of one image, read from / written to ``store`` when given.
+
+    ``settings`` identify the SAM model and any setting not in the arguments (part of the key).
+    Returns ``(masks (N, H, W) bool, from_cache)``.
+    """
+    key = None
+    if store is not None:
+        key = proposal_key(
+            image_path,
+            {
+                **(settings or {}),
+                **proposal_kwargs,
+                "points_per_side": points_per_side,
+                "mask_nms_iou": nms_iou,
+            },
+        )
+        cached = store.get(key)
+        if cached is not None and cached.masks.shape[1:] == image.shape[:2]:
+            return cached.masks, True
+    if sam is None:
+        raise ValueError("SAM proposals are not cached for this image and no SAM model was given")
+    props = generate_proposals(sam, image, points_per_side, mask_nms_iou=nms_iou, **proposal_kwargs)
+    if store is not None and key is not None:
+        store.put(key, props)
+    return props.masks, False

@@ -105,8 +105,8 @@ class USEPyfunc(PythonModel):  # type: ignore[misc,valid-type]
 
     def load_context(self, context: Any) -> None:
         from use_core.model.checkpoint import load_use_model
+        from use_core.pipeline.train import load_backbones
         from use_core.pretrained.registry import load_component
-        from use_core.train.stage import load_backbones
 
         cfg = json.loads(Path(context.artifacts["config"]).read_text())
         params = Params.model_validate(cfg["params"])

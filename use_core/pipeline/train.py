@@ -17,10 +17,8 @@ from typing import Any
 import pandas as pd
 
 from use_core.config import Params
-
-TRAIN_DIR = Path("artifacts/train")
-METRICS = Path("metrics/train.json")
-EPOCHS_PLOT = Path("plots/train_epochs.csv")
+from use_core.pipeline.runner import StageIO
+from use_core.pipeline.table import stage
 
 
 def filter_sources(pairs: pd.DataFrame, prefixes: list[str]) -> pd.DataFrame:
@@ -73,15 +71,33 @@ def load_backbones(params: Params) -> dict[str, Any]:
     }
 
 
+def run(params: Params, io: StageIO, track: bool = True) -> dict[str, Any]:
+    """The stage: train into the ``model_dir`` output, metrics and the epochs CSV beside it."""
+    return run_train_stage(
+        params,
+        io.output("model_dir"),
+        io.output("metrics"),
+        io.output("epochs"),
+        checks_report=io.input("checks.json"),
+        curation_metrics=Path(stage("nms").output("metrics")),
+        track=track,
+    )
+
+
 def run_train_stage(
     params: Params,
-    out_dir: Path = TRAIN_DIR,
-    metrics_path: Path = METRICS,
-    epochs_plot: Path = EPOCHS_PLOT,
+    out_dir: Path,
+    metrics_path: Path,
+    epochs_plot: Path,
+    checks_report: Path | None = None,
+    curation_metrics: Path = Path("metrics/curation.json"),
     track: bool = True,
 ) -> dict[str, Any]:
-    """Train on the curated pairs of the current plan; return the final metrics."""
-    from use_core.curation.stages import read_stage
+    """Train on the curated pairs of the current plan; return the final metrics.
+
+    ``checks_report`` and ``curation_metrics`` (when they exist) are logged with the run.
+    """
+    from use_core.pipeline.shards import read_stage
     from use_core.runtime import seed_everything
     from use_core.train.loop import train_use_model
     from use_core.train.metrics_log import FanOutLogger, JsonlMetricsLogger
@@ -120,8 +136,8 @@ def run_train_stage(
             result = train(MlflowMetricsLogger())
             mlflow.log_metrics(_numeric(result.metrics))
             mlflow.log_artifact(str(out_dir / "epochs.csv"), "plots")
-            for extra in (Path(params.checks.report), Path("metrics/curation.json")):
-                if extra.exists():
+            for extra in (checks_report, curation_metrics):
+                if extra is not None and extra.exists():
                     mlflow.log_artifact(str(extra), "data")
             from use_core.tracking.pyfunc import log_use_model
 

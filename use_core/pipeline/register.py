@@ -7,23 +7,26 @@ from pathlib import Path
 from typing import Any
 
 from use_core.config import Params
-from use_core.train.stage import TRAIN_DIR
-
-REGISTER_METRICS = Path("metrics/register.json")
+from use_core.pipeline.runner import StageIO
 
 
-def primary_metric(params: Params, metrics_dir: Path = Path("metrics")) -> float:
+def run(params: Params, io: StageIO) -> dict[str, Any]:
+    """The stage: the ``train`` input's model, the ``eval`` metrics folder, ``metrics`` out."""
+    return run_register_stage(params, io.input("train"), io.input("eval"), io.output("metrics"))
+
+
+def primary_metric(params: Params, eval_metrics: Path) -> float:
     """The configured primary metric (``register.metric``) from the evaluate stages' files."""
     name = params.register.metric
-    for path in sorted(metrics_dir.glob("eval/*.json")):
+    for path in sorted(eval_metrics.glob("*.json")):
         values = json.loads(path.read_text())
         if name in values and values[name] is not None:
             return float(values[name])
-    raise KeyError(f"metric {name!r} not found in {metrics_dir}/eval/*.json: run `use evaluate`")
+    raise KeyError(f"metric {name!r} not found in {eval_metrics}/*.json: run `use evaluate`")
 
 
 def run_register_stage(
-    params: Params, train_dir: Path = TRAIN_DIR, out: Path = REGISTER_METRICS
+    params: Params, train_dir: Path, eval_metrics: Path, out: Path
 ) -> dict[str, Any]:
     """Register the training run's model; move the alias only when strictly better."""
     from use_core.tracking.promotion import register_and_promote
@@ -34,7 +37,7 @@ def run_register_stage(
         raise RuntimeError("the training run logged no model (trained with --no-track?)")
     configure(params)
     cfg = params.register
-    value = primary_metric(params)
+    value = primary_metric(params, eval_metrics)
     promotion = register_and_promote(
         run["model_uri"], cfg.model_name, cfg.metric, value, cfg.higher_is_better, cfg.alias
     )

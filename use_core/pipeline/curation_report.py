@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 
 from use_core.config import Params
-from use_core.curation.stages import read_stage, write_json
 from use_core.data.pairs import pairs_statistics
 from use_core.data.plan import Plan, build_plan
 from use_core.data.quarantine import read_quarantine, summarize
+from use_core.pipeline.shards import read_stage, write_json
 
 
 def masks_quality(masks: pd.DataFrame, params: Params) -> dict[str, Any]:
