@@ -10,10 +10,15 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from use_core.data.shapes.benchmark import ShapesNames
 from use_core.data.shapes.scenes import generate_shapes
 from use_core.eval.datasets import (
     BENCHMARKS,
     BenchmarkLayoutError,
+    BenchmarkSpec,
+    CocoNames,
+    DatasetNames,
+    ShippedNames,
     benchmark_root,
     load_benchmark,
     load_class_names,
@@ -267,3 +272,69 @@ def test_rgb_label_map_is_rejected(tmp_path: Path) -> None:
     bench = load_benchmark("pc59", root)
     with pytest.raises(ValueError, match="single-channel"):
         bench.read_label(bench.samples[0])
+
+
+def _tiny_tree(spec: BenchmarkSpec, root: Path) -> np.ndarray | None:
+    """One image with its label map (semantic, returned as the expected ``read_label`` output)
+    or its one-annotation COCO file (part), written in ``spec``'s layout under ``root``."""
+    k = spec.num_classes or 3
+    names = [f"class {i}" for i in range(k)]
+    if isinstance(spec.classes, DatasetNames):
+        (root / spec.classes.files[0]).parent.mkdir(parents=True, exist_ok=True)
+        (root / spec.classes.files[0]).write_text("\n".join(names))
+    elif isinstance(spec.classes, ShapesNames):
+        doc = {"semantic": names, "parts": names, "stuff": ["sky"], "ignore_index": 255}
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "classes.json").write_text(json.dumps(doc))
+    elif not isinstance(spec.classes, ShippedNames | CocoNames):
+        pytest.fail(f"no tiny-tree fixture for class source {spec.classes!r}")
+    if spec.task == "part":
+        _write_image(root / spec.images / "x_1.jpg")
+        mask = np.zeros((12, 16), dtype=np.uint8)
+        mask[2:6, 3:9] = 1
+        rle = mask_utils.encode(np.asfortranarray(mask))
+        rle["counts"] = rle["counts"].decode("ascii")
+        ann = {"id": 1, "image_id": 7, "category_id": k - 1, "segmentation": rle, "iscrowd": 0}
+        coco = {
+            "images": [{"id": 7, "file_name": "x_1.jpg", "height": 12, "width": 16}],
+            "annotations": [ann],
+            "categories": [{"id": i, "name": n} for i, n in enumerate(names)],
+        }
+        (root / spec.annotations).parent.mkdir(parents=True, exist_ok=True)
+        (root / spec.annotations).write_text(json.dumps(coco))
+        return None
+    _write_image(root / spec.images / f"x{spec.image_suffix}")
+    expected = (np.arange(12 * 16).reshape(12, 16) % k).astype(np.int32)
+    expected[0, 0] = spec.ignore_index
+    raw = expected + 1 if spec.reduce_zero_label else expected.copy()
+    raw[0, 0] = 0 if spec.reduce_zero_label else spec.ignore_index
+    _write_label(root / spec.labels / f"x{spec.label_suffix}", raw.astype(spec.label_dtype))
+    return expected
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_every_spec_loads_a_tiny_tree_in_its_layout(name: str, tmp_path: Path) -> None:
+    spec = BENCHMARKS[name]
+    root = benchmark_root(name, tmp_path)
+    expected = _tiny_tree(spec, root)
+    for path in (spec.images, spec.labels or spec.annotations):
+        assert path in spec.layout
+    bench = load_benchmark(name, root)
+    assert bench.name == name and bench.task == spec.task and len(bench) == 1
+    assert bench.num_classes == (spec.num_classes or 3)
+    sample = bench.samples[0]
+    assert sample.image_path.is_file()
+    if expected is None:
+        assert isinstance(sample.gt, list) and len(sample.gt) == 1
+        assert bench.category_ids == list(range(bench.num_classes))
+        assert bench.coco_gt is not None and sample.meta["image_id"] == 7
+    else:
+        assert bench.ignore_index == spec.ignore_index
+        np.testing.assert_array_equal(bench.read_label(sample), expected)
+    with pytest.raises(ValueError, match="expected .* class names"):
+        load_benchmark(name, root, class_names=["one", "two"] * 100)
+
+
+def test_spec_needs_its_task_files() -> None:
+    with pytest.raises(ValueError, match="needs annotations"):
+        BenchmarkSpec(name="x", task="part", default_root="x", images="i", classes=CocoNames())
