@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from use_core.data.shapes.benchmark import ShapesNames
 from use_core.data.shapes.scenes import generate_shapes
 from use_core.eval.datasets import (
     BENCHMARKS,
@@ -24,6 +23,7 @@ from use_core.eval.datasets import (
     load_class_names,
     read_class_names_file,
 )
+from use_core.eval.datasets.shapes import ShapesNames
 from use_core.eval.metrics import mask_map, semantic_metrics
 
 RNG = np.random.default_rng(0)

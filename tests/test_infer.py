@@ -13,6 +13,7 @@ from PIL import Image
 from use_core.infer.classify import class_probabilities, class_text_embeddings
 from use_core.infer.embed import embed_masks
 from use_core.infer.parts import part_predictions, part_vocabulary, select_part_segments
+from use_core.infer.predict import predict_segments
 from use_core.infer.segment import segment_image
 from use_core.infer.semantic import semantic_map
 from use_core.model import USEModel, build_use_model
@@ -133,6 +134,32 @@ def test_embed_masks_appends_whole_image(model: USEModel) -> None:
     full = embed_masks(model, image, np.ones((1, 40, 56), dtype=bool))
     assert torch.allclose(emb[2], full[0], atol=1e-5)
     assert embed_masks(model, image, masks[:0]).shape == (0, 32)
+
+
+def test_predict_segments_shapes_and_whole_image_fallback(model: USEModel) -> None:
+    image = np.random.default_rng(1).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    masks = np.zeros((2, 40, 56), dtype=bool)
+    masks[0, :20, :28] = True
+    masks[1, 20:] = True  # the top-right quarter is uncovered
+    vocab = ["red thing", "blue thing", "green thing"]
+    pred = predict_segments(model, image, masks, None, vocab, logit_scale=30.0)
+    emb = embed_masks(model, image, masks, whole_image=True)
+    probs = class_probabilities(emb, class_text_embeddings(model, vocab), 30.0)
+    assert pred.embeddings.shape == (2, 32) and pred.embeddings.dtype == np.float32
+    assert np.allclose(pred.embeddings, emb[:2].numpy(), atol=1e-6)
+    assert np.allclose(pred.image_embedding, emb[2].numpy(), atol=1e-6)
+    assert pred.probabilities is not None and pred.probabilities.shape == (2, 3)
+    assert pred.scores is not None and pred.classes is not None
+    assert np.allclose(pred.scores, probs[:2].max(dim=1).values.numpy(), atol=1e-6)
+    assert pred.labels == [vocab[int(c)] for c in probs[:2].argmax(dim=1)]
+    labels = pred.semantic_map()
+    assert labels.shape == (40, 56)
+    assert (labels[:20, 28:] == int(probs[2].argmax())).all()  # whole-image segment's class
+    assert (labels[20:] == int(probs[1].argmax())).all()
+    bare = predict_segments(model, image, masks, None, None)
+    assert bare.labels is None and bare.scores is None and np.array_equal(bare.masks, masks)
+    with pytest.raises(ValueError, match="SAM model or masks"):
+        predict_segments(model, image, None, None, vocab)
 
 
 def test_segment_image_with_user_masks(model: USEModel, tmp_path: Path) -> None:

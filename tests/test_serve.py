@@ -10,12 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,16 +18,10 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
-from tiny_project import train_tiny_model, write_tiny_params
+from tiny_project import serve_champion, train_tiny_model, write_tiny_params
 
 MODEL_NAME = "use-serve-test"
 MAX_PIXELS = 120_000  # data.max_image_pixels of the served model: a 400×400 image is oversize
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _png_b64(image: np.ndarray) -> str:
@@ -54,12 +42,7 @@ def served(
     demo_models: dict,
 ) -> Iterator[dict[str, Any]]:
     """Train → log pyfunc → register champion → `use serve` on loopback; yields the URL."""
-    import mlflow
-
     from use_core.config import load_params
-    from use_core.tracking.promotion import register_and_promote
-    from use_core.tracking.pyfunc import log_use_model
-    from use_core.tracking.runs import tracking_run
 
     root = tmp_path_factory.mktemp("serve_project")
     params_path = write_tiny_params(
@@ -71,60 +54,8 @@ def served(
         register={"model_name": MODEL_NAME},
     )
     train_dir = train_tiny_model(params_path, shapes_small, root / "artifacts" / "train")
-    params = load_params(params_path)
-    cwd, previous_uri = Path.cwd(), mlflow.get_tracking_uri()
-    old_cache = os.environ.get("USE_MODELS_CACHE")
-    os.environ["USE_MODELS_CACHE"] = str(models_cache)  # the logged input example is checked
-    os.chdir(root)
-    try:
-        with tracking_run(params, "train"):
-            uri = log_use_model(train_dir / "model", params)
-        promotion = register_and_promote(uri, MODEL_NAME, "shapes_mIoU", 0.1)
-        assert promotion.promoted and promotion.reason == "first version"
-    finally:
-        os.chdir(cwd)
-        mlflow.set_tracking_uri(previous_uri)
-        if old_cache is None:
-            os.environ.pop("USE_MODELS_CACHE", None)
-        else:
-            os.environ["USE_MODELS_CACHE"] = old_cache
-
-    port = _free_port()
-    use_bin = Path(sys.executable).with_name("use")
-    log = (root / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [str(use_bin), "serve", "--port", str(port), "-p", str(params_path)],
-        cwd=root,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: mlflow's workers stop with it
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 75
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"server exited ({proc.returncode}):\n{(root / 'serve.log').read_text()}"
-                )
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not up in 75 s:\n{(root / 'serve.log').read_text()}")
-            time.sleep(0.5)
-        yield {"url": url, "params": params, "train_dir": train_dir}
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
+    with serve_champion(root, params_path, train_dir, models_cache, MODEL_NAME) as url:
+        yield {"url": url, "params": load_params(params_path), "train_dir": train_dir}
 
 
 def _shapes_request(shapes: Path) -> tuple[np.ndarray, list[dict[str, Any]]]:

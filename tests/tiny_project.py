@@ -4,13 +4,25 @@ notebook tests (not a test module: pytest does not collect it).
 The model is real: the demo profile's CLIP backbone (from the model registry, as every stage
 loads it) and a head trained for one epoch on the ground-truth segment-text pairs of a small
 shapes corpus, saved by the training loop in the train stage's layout (``artifacts/train``).
+:func:`serve_champion` logs it as the USE pyfunc, registers it as champion and serves it with
+`use serve` on a free loopback port.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+import requests
 import yaml
 
 # Small enough to train in a few seconds on 2 CPU cores.
@@ -59,3 +71,79 @@ def train_tiny_model(params_path: Path, shapes_dir: Path, train_dir: Path) -> Pa
     )
     assert (result.model_dir / "model.json").exists()
     return train_dir
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serve_champion(
+    root: Path, params_path: Path, train_dir: Path, models_cache: Path, model_name: str
+) -> Iterator[str]:
+    """Log ``train_dir``'s model as the pyfunc (as the train stage does), register it as the
+    champion ``model_name`` in the run's tracking store, serve it with `use serve` from
+    ``root`` on a free loopback port; yields the server URL and stops the server after."""
+    import mlflow
+
+    from use_core.config import load_params
+    from use_core.tracking.promotion import register_and_promote
+    from use_core.tracking.pyfunc import log_use_model
+    from use_core.tracking.runs import tracking_run
+
+    params = load_params(params_path)
+    cwd, previous_uri = Path.cwd(), mlflow.get_tracking_uri()
+    old_cache = os.environ.get("USE_MODELS_CACHE")
+    os.environ["USE_MODELS_CACHE"] = str(models_cache)  # the logged input example is checked
+    os.chdir(root)
+    try:
+        with tracking_run(params, "train"):
+            uri = log_use_model(train_dir / "model", params)
+        promotion = register_and_promote(uri, model_name, "shapes_mIoU", 0.1)
+        assert promotion.promoted and promotion.reason == "first version"
+    finally:
+        os.chdir(cwd)
+        mlflow.set_tracking_uri(previous_uri)
+        if old_cache is None:
+            os.environ.pop("USE_MODELS_CACHE", None)
+        else:
+            os.environ["USE_MODELS_CACHE"] = old_cache
+
+    port = free_port()
+    use_bin = Path(sys.executable).with_name("use")
+    log = (root / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [str(use_bin), "serve", "--port", str(port), "-p", str(params_path)],
+        cwd=root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: mlflow's workers stop with it
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 75
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"server exited ({proc.returncode}):\n{(root / 'serve.log').read_text()}"
+                )
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not up in 75 s:\n{(root / 'serve.log').read_text()}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()

@@ -2,7 +2,8 @@
 
 Semantic benchmarks (``shapes``, ADE, Pascal-Context): per image, proposals are embedded
 together with a whole-image segment, classified against the class names (class templates,
-softmax at the training logit scale), aggregated into a semantic map
+softmax at the training logit scale) — :func:`use_core.infer.predict.predict_segments`, the
+predict path of ``use segment`` and of the served model —, aggregated into a semantic map
 (:func:`use_core.infer.semantic.semantic_map`) and scored with a streaming
 :class:`SemanticMeter` (mIoU, aAcc, mAcc). Part benchmarks (``shapes_parts``, ``partimagenet``):
 segments are classified over parts + background classes, those whose top class is a part
@@ -38,12 +39,11 @@ from use_core.data.images import load_rgb
 from use_core.data.metrics_json import write_metrics_json
 from use_core.eval.datasets import Benchmark, BenchmarkSample, load_benchmark
 from use_core.eval.metrics import SemanticMeter, mask_map
-from use_core.infer.classify import DEFAULT_LOGIT_SCALE, class_probabilities, class_text_embeddings
-from use_core.infer.embed import embed_masks
+from use_core.infer.classify import DEFAULT_LOGIT_SCALE, class_text_embeddings
 from use_core.infer.parts import part_predictions, part_vocabulary
+from use_core.infer.predict import predict_segments
 from use_core.infer.proposal_store import ProposalStore, sam_proposal_masks
 from use_core.infer.proposals import label_map_regions
-from use_core.infer.semantic import semantic_map
 from use_core.ops.rle import decode_rle
 from use_core.viz import (
     overlay_segmentation,
@@ -157,10 +157,12 @@ def evaluate_benchmark(
             )
             cached += int(hit)
         n_segments += int(masks.shape[0])
-        emb = embed_masks(model, image, masks, whole_image=True)
-        probs = class_probabilities(emb, text, logit_scale)
+        pred = predict_segments(
+            model, image, masks, None, vocab, logit_scale=logit_scale, text_embeddings=text
+        )
+        assert pred.probabilities is not None
         if meter is not None:
-            labels = semantic_map(masks, probs[:-1], fallback_probs=probs[-1])
+            labels = pred.semantic_map()
             gt = bench.read_label(sample)
             if gt.shape != labels.shape:
                 raise ValueError(f"{sample.gt}: label map {gt.shape} != image {labels.shape}")
@@ -171,7 +173,11 @@ def evaluate_benchmark(
                 )
         else:
             image_preds = part_predictions(
-                masks, probs[:-1], bench.num_classes, sample.meta["image_id"], bench.category_ids
+                masks,
+                pred.probabilities,
+                bench.num_classes,
+                sample.meta["image_id"],
+                bench.category_ids,
             )
             predictions.extend(image_preds)
             if i < eval_cfg.num_overlays:

@@ -6,6 +6,8 @@
 ``embed``       one encoder pass per image → segment embeddings (+ whole-image segment)
 ``classify``    class text embeddings with templates; softmax at the logit scale
 ``semantic``    per-pixel sum of covering segments' probabilities → argmax label map
+``predict``     the one predict path: proposals or masks → embeddings (+ whole-image
+                segment) → labels/scores (segment, served model, index, eval)
 ``parts``       parts + background vocabulary; part-top segments → COCO results
 ``query``       Parquet segment index (pairs table or image folder) and text search
 ``segment``     one image → overlay PNG + per-segment JSON

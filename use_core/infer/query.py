@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from use_core.data.images import ImageLoadError, load_rgb
-from use_core.infer.embed import embed_masks
+from use_core.infer.predict import Prediction, predict_segments
 from use_core.ops.rle import decode_rle, encode_masks, rle_bbox_xywh, rle_from_string
 from use_core.viz import contact_sheet
 
@@ -79,13 +79,10 @@ class IndexReport:
 # ------------------------------------------------------------------ building
 
 
-def _rows_for_image(
-    model: Any, image: np.ndarray, masks: np.ndarray, rel_path: str
-) -> list[dict[str, Any]]:
-    emb = embed_masks(model, image, masks).numpy().astype(np.float32)
-    h, w = image.shape[:2]
+def _rows_for_image(pred: Prediction, rel_path: str) -> list[dict[str, Any]]:
+    h, w = pred.masks.shape[1:]
     rows = []
-    for k, rle in enumerate(encode_masks(masks)):
+    for k, rle in enumerate(encode_masks(pred.masks)):
         rows.append(
             {
                 "image_path": rel_path,
@@ -94,7 +91,7 @@ def _rows_for_image(
                 "width": w,
                 "bbox": rle_bbox_xywh(rle),
                 "rle": rle["counts"],
-                "embedding": emb[k].tolist(),
+                "embedding": pred.embeddings[k].tolist(),
             }
         )
     return rows
@@ -154,7 +151,7 @@ def build_index_from_pairs(
             skipped.append((str(rel), f"image is {image.shape[:2]}, the table says {(h, w)}"))
             continue
         masks = np.stack([decode_rle(rle_from_string(c, h, w)) for c in group["rle"]])
-        rows.extend(_rows_for_image(model, image, masks, str(rel)))
+        rows.extend(_rows_for_image(predict_segments(model, image, masks, None, None), str(rel)))
     return _write_index(rows, Path(out_path), root, int(model.embed_dim), skipped)
 
 
@@ -176,12 +173,11 @@ def build_index_from_images(
     **proposal_kwargs: Any,
 ) -> IndexReport:
     """Index SAM grid proposals (:func:`use_core.infer.proposals.generate_proposals`, extra
-    keyword arguments passed on) of every image under ``image_dir``.
+    keyword arguments passed on) of every image under ``image_dir``, embedded by
+    :func:`use_core.infer.predict.predict_segments`.
 
     Unreadable images and images without proposals are listed in the report.
     """
-    from use_core.infer.proposals import generate_proposals
-
     root = Path(image_dir)
     paths: Iterable[Path] = list(iter_images(root))
     rows: list[dict[str, Any]] = []
@@ -193,11 +189,13 @@ def build_index_from_images(
         except ImageLoadError as exc:
             skipped.append((rel, str(exc)))
             continue
-        proposals = generate_proposals(sam, image, points_per_side, **proposal_kwargs)
-        if len(proposals) == 0:
+        pred = predict_segments(
+            model, image, None, sam, None, points_per_side=points_per_side, **proposal_kwargs
+        )
+        if len(pred) == 0:
             skipped.append((rel, "SAM gave no proposal that passed the filters"))
             continue
-        rows.extend(_rows_for_image(model, image, proposals.masks, rel))
+        rows.extend(_rows_for_image(pred, rel))
     return _write_index(rows, Path(out_path), root, int(model.embed_dim), skipped)
 
 

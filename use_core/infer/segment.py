@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from use_core.data.images import load_rgb
-from use_core.infer.classify import DEFAULT_LOGIT_SCALE, class_probabilities, class_text_embeddings
-from use_core.infer.embed import embed_masks
-from use_core.infer.proposals import Proposals, generate_proposals, load_user_masks
-from use_core.infer.semantic import semantic_map
+from use_core.infer.classify import DEFAULT_LOGIT_SCALE
+from use_core.infer.predict import predict_segments
+from use_core.infer.proposals import Proposals, load_user_masks
 from use_core.ops.rle import encode_masks, rle_bbox_xywh
 from use_core.viz import overlay_segmentation
 
@@ -38,9 +37,10 @@ def segment_image(
     """Segment ``image_path`` into the classes of ``vocab``.
 
     Proposals come from SAM on a ``points_per_side²`` grid (extra keyword arguments go to
-    :func:`generate_proposals`; ``sam`` may be ``None`` with ``user_masks``) or from a user's
-    masks file (:func:`load_user_masks`). Writes ``out_png`` (overlay with a legend of the
-    classes present) and ``out_json``::
+    :func:`use_core.infer.proposals.generate_proposals`; ``sam`` may be ``None`` with
+    ``user_masks``) or from a user's masks file (:func:`load_user_masks`); embedding and
+    classification are :func:`use_core.infer.predict.predict_segments`. Writes ``out_png``
+    (overlay with a legend of the classes present) and ``out_json``::
 
         {"image": ..., "height": H, "width": W, "vocab": [...], "seconds": ...,
          "segments": [{"id", "label", "score", "bbox": [x, y, w, h], "area", "rle"}, ...]}
@@ -53,33 +53,36 @@ def segment_image(
     start = time.perf_counter()
     image = load_rgb(image_path, max_pixels)
     h, w = image.shape[:2]
-    proposals: Proposals
+    proposals: Proposals | None = None
     if user_masks is not None:
         proposals = load_user_masks(user_masks, (h, w))
         for index, reason in proposals.rejected:
             log.warning("user mask %d not used: %s", index, reason)
-    else:
-        if sam is None:
-            raise ValueError("either a SAM model or user_masks is needed")
-        proposals = generate_proposals(
-            sam, image, points_per_side, show_progress=show_progress, **proposal_kwargs
-        )
-    emb = embed_masks(model, image, proposals.masks, whole_image=True)
-    probs = class_probabilities(
-        emb, class_text_embeddings(model, vocab, class_templates), logit_scale
+    elif sam is None:
+        raise ValueError("either a SAM model or user_masks is needed")
+    pred = predict_segments(
+        model,
+        image,
+        proposals.masks if proposals is not None else None,
+        sam,
+        vocab,
+        points_per_side=points_per_side,
+        class_templates=class_templates,
+        logit_scale=logit_scale,
+        show_progress=show_progress,
+        **proposal_kwargs,
     )
-    labels = semantic_map(proposals.masks, probs[:-1], fallback_probs=probs[-1])
-    overlay_segmentation(image, labels, list(vocab), out_png)
-    score, top = probs[:-1].max(dim=1)
+    assert pred.labels is not None and pred.scores is not None
+    overlay_segmentation(image, pred.semantic_map(), list(vocab), out_png)
     segments = []
-    for k, rle in enumerate(encode_masks(proposals.masks)):
+    for k, rle in enumerate(encode_masks(pred.masks)):
         segments.append(
             {
                 "id": k,
-                "label": vocab[int(top[k])],
-                "score": float(score[k]),
+                "label": pred.labels[k],
+                "score": float(pred.scores[k]),
                 "bbox": rle_bbox_xywh(rle),
-                "area": int(proposals.masks[k].sum()),
+                "area": int(pred.masks[k].sum()),
                 "rle": dict(rle),
             }
         )
@@ -88,7 +91,7 @@ def segment_image(
         "height": h,
         "width": w,
         "vocab": list(vocab),
-        "proposals": proposals.source,
+        "proposals": proposals.source if proposals is not None else "sam",
         "seconds": round(time.perf_counter() - start, 3),
         "segments": segments,
     }

@@ -6,6 +6,8 @@ Input: a DataFrame, one row per image, columns
   ``masks``  JSON list of COCO RLEs (optional: without it, SAM proposals on a point grid).
 Output: one row per segment with ``row``, ``segment``, ``label``, ``score``, ``bbox`` (JSON xywh),
 ``rle`` (JSON COCO RLE) and ``embedding`` (JSON list, only without a vocabulary).
+Segments, embeddings, labels and scores come from :func:`use_core.infer.predict.predict_segments`,
+the predict path of ``use segment`` and of the evaluation (SAM on ``runtime.device``).
 Malformed or oversize input raises an ``INVALID_PARAMETER_VALUE`` error, which the MLflow scoring
 server answers with HTTP 400.
 
@@ -106,7 +108,6 @@ class USEPyfunc(PythonModel):  # type: ignore[misc,valid-type]
     def load_context(self, context: Any) -> None:
         from use_core.model.checkpoint import load_use_model
         from use_core.pipeline.train import load_backbones
-        from use_core.pretrained.registry import load_component
 
         cfg = json.loads(Path(context.artifacts["config"]).read_text())
         params = Params.model_validate(cfg["params"])
@@ -117,21 +118,21 @@ class USEPyfunc(PythonModel):  # type: ignore[misc,valid-type]
         self.model = load_use_model(context.artifacts["checkpoint"], load_backbones(params))
         self.model.eval()
         self._sam: Any = None
-        self._load_sam = lambda: load_component("sam", params.models)
 
-    def _proposals(self, image: np.ndarray) -> np.ndarray:
-        from use_core.infer.proposals import generate_proposals
-
+    def _sam_model(self) -> Any:
+        """SAM on ``runtime.device``, loaded at the first request that needs proposals."""
         if self._sam is None:
-            self._sam = self._load_sam()
-        props = generate_proposals(
-            self._sam,
-            image,
-            self.params.eval.points_per_side,
-            mask_nms_iou=self.params.nms.iou_threshold,
-            show_progress=False,
-        )
-        return props.masks
+            from use_core.pretrained.registry import load_component
+            from use_core.runtime import select_device
+
+            runtime = self.params.runtime
+            self._sam = load_component(
+                "sam",
+                self.params.models,
+                select_device(runtime),
+                half_precision=runtime.half_precision_on_gpu,
+            )
+        return self._sam
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         try:
@@ -140,8 +141,7 @@ class USEPyfunc(PythonModel):  # type: ignore[misc,valid-type]
             raise _invalid(str(exc)) from None
 
     def _predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        from use_core.infer.classify import class_probabilities, class_text_embeddings
-        from use_core.infer.embed import embed_masks
+        from use_core.infer.predict import predict_segments
         from use_core.ops.rle import encode_mask, rle_bbox_xywh
 
         if not isinstance(frame, pd.DataFrame) or "image" not in frame.columns:
@@ -153,14 +153,19 @@ class USEPyfunc(PythonModel):  # type: ignore[misc,valid-type]
             image = decode_image(rec.get("image"), self.params.data.max_image_pixels)
             vocab = parse_vocab(rec.get("vocab"))
             masks = parse_masks(rec.get("masks"), image.shape[:2])
-            if masks is None:
-                masks = self._proposals(image)
-            emb = embed_masks(self.model, image, masks, whole_image=False)
-            probs = None
-            if vocab is not None:
-                text = class_text_embeddings(self.model, vocab, self.params.eval.class_templates)
-                probs = class_probabilities(emb, text, self.params.train.logit_scale)
-            for k, mask in enumerate(masks):
+            pred = predict_segments(
+                self.model,
+                image,
+                masks,
+                self._sam_model() if masks is None else None,
+                vocab,
+                points_per_side=self.params.eval.points_per_side,
+                class_templates=self.params.eval.class_templates,
+                logit_scale=self.params.train.logit_scale,
+                mask_nms_iou=self.params.nms.iou_threshold,
+            )
+            labels = pred.labels
+            for k, mask in enumerate(pred.masks):
                 rle = encode_mask(mask)
                 row: dict[str, Any] = {
                     "row": i,
@@ -168,12 +173,11 @@ class USEPyfunc(PythonModel):  # type: ignore[misc,valid-type]
                     "bbox": json.dumps(rle_bbox_xywh(rle)),
                     "rle": json.dumps(rle),
                 }
-                if probs is not None and vocab is not None:
-                    score, top = probs[k].max(dim=0)
-                    row.update(label=vocab[int(top)], score=float(score))
+                if labels is not None and pred.scores is not None:
+                    row.update(label=labels[k], score=float(pred.scores[k]))
                 else:
                     row.update(label="", score=float("nan"))
-                    row["embedding"] = json.dumps([round(float(v), 6) for v in emb[k]])
+                    row["embedding"] = json.dumps([round(float(v), 6) for v in pred.embeddings[k]])
                 rows.append(row)
         return pd.DataFrame(rows)
 

@@ -6,6 +6,5 @@ module          what it holds
 ``scenes``      :func:`generate_shapes`: seeded scenes, captions, VG regions, COCO masks on disk
 ``vocab``       the corpus' class names and the caption language (colours, shapes, parts)
 ``gt``          pairs and class names straight from the corpus' ground truth (val, tests)
-``benchmark``   the ``shapes`` / ``shapes_parts`` benchmarks' class names from ``classes.json``
 ==============  ===============================================================================
 """

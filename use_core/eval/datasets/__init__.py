@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from use_core.data.shapes.benchmark import ShapesNames
 from use_core.eval.datasets.loader import Benchmark, BenchmarkSample, load_spec, read_label_map
+from use_core.eval.datasets.shapes import ShapesNames
 from use_core.eval.datasets.spec import (
     BenchmarkLayoutError,
     BenchmarkSpec,

@@ -4,7 +4,7 @@ A spec holds paths relative to the benchmark root, file suffixes, the label enco
 :class:`ClassSource`; ``spec.layout`` renders the expected tree for error messages. Sources here:
 :class:`ShippedNames` (``use_core/resources/*.txt``), :class:`DatasetNames` (a file in the
 dataset) and :class:`CocoNames` (the annotation file's categories); the shapes corpus' is
-:class:`use_core.data.shapes.benchmark.ShapesNames`.
+:class:`use_core.eval.datasets.shapes.ShapesNames`.
 """
 
 from __future__ import annotations

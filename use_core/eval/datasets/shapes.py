@@ -1,4 +1,7 @@
-"""The shapes corpus as a benchmark: its class source for the ``shapes`` / ``shapes_parts`` rows.
+"""The shapes corpus as a benchmark: the class source of the ``shapes`` / ``shapes_parts`` rows.
+
+It lives with the benchmark specs (not in :mod:`use_core.data.shapes`) because data sits below
+eval in the layers.
 
 Rows of :data:`use_core.eval.datasets.BENCHMARKS` read by the generic loader; only the class names
 are corpus-specific. They come from ``classes.json`` (:func:`use_core.data.shapes.vocab.
