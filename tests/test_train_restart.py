@@ -8,7 +8,8 @@ import pytest
 from tiny_project import write_tiny_params
 
 from use_core.config import load_params
-from use_core.train import pairs_from_shapes_gt, train_use_model
+from use_core.data.shapes.gt import pairs_from_shapes_gt
+from use_core.train import train_use_model
 from use_core.train.stage import load_backbones
 
 

@@ -48,7 +48,8 @@ def train_tiny_model(params_path: Path, shapes_dir: Path, train_dir: Path) -> Pa
     """Train the head on ``shapes_dir``'s train split into ``train_dir``; return ``train_dir``
     (holding ``model/model.json`` + ``model/model.safetensors``)."""
     from use_core.config import load_params
-    from use_core.train import pairs_from_shapes_gt, train_use_model
+    from use_core.data.shapes.gt import pairs_from_shapes_gt
+    from use_core.train import train_use_model
     from use_core.train.stage import load_backbones
 
     params = load_params(params_path)
