@@ -19,8 +19,9 @@ import torch
 
 from benchmarks.common import median, result, timed
 from use_core.config import Params
+from use_core.data.shapes.gt import pairs_from_shapes_gt
 from use_core.data.shapes.scenes import generate_shapes
-from use_core.train import pairs_from_shapes_gt, train_use_model
+from use_core.train import train_use_model
 
 ID = "P4"
 WHAT = "training steps/s with the feature cache / recomputing frozen ViT-B backbones"
