@@ -50,27 +50,11 @@ def shapes_validation(params: Params) -> tuple[pd.DataFrame | None, list[str] | 
     return val, shapes_class_names(shapes)
 
 
-def encoder_roles(encoder: str) -> list[str]:
-    """Registry roles the encoder needs (CLIP always: it encodes the texts)."""
-    return sorted({"clip", *encoder.split("+")})
-
-
 def load_backbones(params: Params) -> dict[str, Any]:
-    """The frozen components of the configured encoder, from the model registry."""
-    from use_core.pretrained.registry import load_component
-    from use_core.runtime import select_device
+    """The frozen components of the configured encoder (:func:`use_core.model.load_backbones`)."""
+    from use_core.model.factory import load_backbones as load
 
-    device = select_device(params.runtime)
-    return {
-        role: load_component(
-            role,  # type: ignore[arg-type]
-            params.models,
-            device,
-            half_precision=params.runtime.half_precision_on_gpu,
-            image_size=params.train.image_size if role == "clip" else None,
-        )
-        for role in encoder_roles(params.train.encoder)
-    }
+    return load(params)
 
 
 def run_train_stage(
