@@ -129,27 +129,6 @@ def shard_stage_key(stage: str, shard: Shard, params: Params) -> str:
     raise ValueError(f"unknown stage {stage!r}")
 
 
-# --------------------------------------------------------------------------------------------
-# Models used by the stages, loaded once per process through the registry.
-
-
-def _device(params: Params) -> Any:
-    from use_core.runtime import select_device
-
-    return select_device(params.runtime)
-
-
-def _component(role: str, params: Params) -> Any:
-    from use_core.pretrained.registry import load_component
-
-    return load_component(
-        role,  # type: ignore[arg-type]
-        params.models,
-        _device(params),
-        half_precision=params.runtime.half_precision_on_gpu,
-    )
-
-
 def _load_image(path: Path, params: Params) -> np.ndarray:
     from use_core.data.images import load_rgb
 
@@ -196,8 +175,9 @@ def caption_shard(shard: Shard, params: Params) -> ShardOutput:
     generated = 0
     if params.caption.enabled and images:
         from use_core.curation.captioning import caption_images
+        from use_core.pretrained.registry import load_pretrained
 
-        bundle = _component("captioner", params)
+        bundle = load_pretrained("captioner", params)
         texts = caption_images(
             images,
             bundle.model,
@@ -239,7 +219,9 @@ def ground_shard(captions: pd.DataFrame, params: Params, shard_index: int = 0) -
     rows: list[dict[str, Any]] = []
     bad: list[QuarantineRecord] = []
     counters = {"caption_boxes": 0, "region_boxes": 0, "dropped_no_phrase": 0, "captions": 0}
-    nlp = _component("spacy", params)
+    from use_core.pretrained.registry import load_pretrained
+
+    nlp = load_pretrained("spacy", params)
     queries: list[tuple[int, str, str, list[Any]]] = []  # (row index, caption, source, exprs)
     for i, row in enumerate(captions.itertuples(index=False)):
         base = {
@@ -278,7 +260,7 @@ def ground_shard(captions: pd.DataFrame, params: Params, shard_index: int = 0) -
                 continue
             queries.append((i, caption, source, exprs))
     if queries:
-        bundle = _component("grounding", params)
+        bundle = load_pretrained("grounding", params)
         by_row = {i: _load_image(root / captions.iloc[i].image_path, params) for i, *_ in queries}
         results = ground_captions(
             [by_row[i] for i, *_ in queries],
@@ -362,7 +344,9 @@ def masks_shard(boxes: pd.DataFrame, params: Params, provenance: str = "") -> Sh
         box_array = np.array([list(b) for b in group["box_xyxy"]], dtype=np.float64).reshape(-1, 4)
         needs_sam = _needs_sam(box_array, h, w, cfg.whole_image_ratio)
         if needs_sam and sam is None:
-            sam = _component("sam", params)
+            from use_core.pretrained.registry import load_pretrained
+
+            sam = load_pretrained("sam", params)
         result = masks_from_boxes(
             sam if needs_sam else None,
             image,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from use_core.config import Params
-from use_core.train.stage import TRAIN_DIR, load_backbones
+from use_core.train.stage import TRAIN_DIR
 
 PROPOSALS_DIR = Path("artifacts/proposals")
 REPORTS = Path("reports/eval")
@@ -35,7 +35,7 @@ def load_trained_model(params: Params, train_dir: Path = TRAIN_DIR) -> Any:
     model_dir = train_dir / "model"
     if not (model_dir / "model.json").exists():
         raise FileNotFoundError(f"no trained model in {model_dir}: run `use train` first")
-    model = load_use_model(model_dir, load_backbones(params))
+    model = load_use_model(model_dir, params=params)
     model.eval()
     return model
 
@@ -78,9 +78,9 @@ def run_proposals_stage(params: Params, out_dir: Path = PROPOSALS_DIR) -> dict[s
     for path in tqdm(list(paths.values()), desc="proposals"):
         image = load_rgb(path, params.data.max_image_pixels)
         if sam is None:
-            from use_core.pretrained.registry import load_component
+            from use_core.pretrained.registry import load_pretrained
 
-            sam = load_component("sam", params.models)
+            sam = load_pretrained("sam", params)
         start = time.perf_counter()
         masks, hit = sam_proposal_masks(
             sam,
@@ -118,9 +118,9 @@ def run_eval_stage(
     model = load_trained_model(params, train_dir)
     sam = None
     if params.eval.proposals == "sam":
-        from use_core.pretrained.registry import load_component
+        from use_core.pretrained.registry import load_pretrained
 
-        sam = load_component("sam", params.models)
+        sam = load_pretrained("sam", params)
     from use_core.infer.proposal_store import ProposalStore
 
     out_dir = REPORTS / benchmark
