@@ -6,7 +6,7 @@ CLIP image tower; crops go through in batches of :data:`CROP_BATCH`.
 
 USE (the product path): ``USEModel.encode_image`` once on the whole image (the backbone at its
 own input side) and ``USEModel.embed_segments`` for all segments — the model built by
-``use_core.model.build_use_model`` from the same CLIP.
+``use_core.model.create_use_model`` from the same CLIP.
 
 Variants:
 
@@ -31,12 +31,20 @@ import torch.nn.functional as F
 
 from benchmarks.common import REPO_ROOT, interleaved, median, models_cache, result, rounded, timed
 from use_core.model.backbones import CLIP_MEAN, CLIP_STD
-from use_core.model.use_model import USEModel, build_use_model
+from use_core.model.config import DEFAULT_GRID, ClipBackboneConfig, USEModelConfig
+from use_core.model.factory import create_use_model
+from use_core.model.use_model import USEModel
 
 ID = "P1"
 WHAT = "embed 100 segments of one image: masked-crop CLIP baseline / USE (ViT-B/16, native size)"
 TARGET = ">= 50x"
 CROP_BATCH = 32
+
+
+def clip_use_model(bundle: Any, grid_size: int = DEFAULT_GRID) -> USEModel:
+    """USE on ``bundle``'s CLIP alone (every block, default head), at the bundle's side."""
+    config = USEModelConfig(backbones=(ClipBackboneConfig(),), grid_size=grid_size)
+    return create_use_model(config, {"clip": bundle})
 
 
 def voc_image() -> tuple[np.ndarray, np.ndarray]:
@@ -200,7 +208,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     hw = image.shape[:2]
     if quick:
         bundle = tiny_clip_bundle()
-        model = build_use_model("clip", {"clip": bundle}, grid_size=8)
+        model = clip_use_model(bundle, grid_size=8)
         cmp = compare(bundle, model, image, segment_masks(12, hw), 64, repeats=1)
         return result(
             ID, WHAT, cmp["ratio"], TARGET, False, variants=[_summary("quick", cmp)], quick=True
@@ -208,7 +216,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
     variants = []
     bundle = vit_b16_bundle()
-    model = build_use_model("clip", {"clip": bundle})
+    model = clip_use_model(bundle)
     head = compare(bundle, model, image, segment_masks(100, hw), 224, repeats=2)
     variants.append(_summary("vit_b16_native_100", head))
     small = compare(bundle, model, image, segment_masks(10, hw), 224, repeats=1)
@@ -216,7 +224,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     growth = use_only_growth(model, image, (10, 100, 1000))
     per_crop = median(head["times"]["baseline"]["runs_s"]) / 100
     bundle448 = vit_b16_bundle(448)
-    model448 = build_use_model("clip", {"clip": bundle448})
+    model448 = clip_use_model(bundle448)
     variants.append(
         _summary(
             "vit_b16_448_100",
@@ -249,23 +257,19 @@ def run(quick: bool = False) -> dict[str, Any]:
 def _demo_compare(image: np.ndarray, masks: np.ndarray) -> dict[str, Any]:
     """The demo profile's models through the registry; encoder and sizes from params.yaml."""
     from use_core.config import ModelsConfig, load_params
-    from use_core.pretrained.registry import load_component
+    from use_core.model.factory import load_backbones
 
     params = load_params(str(REPO_ROOT / "params.yaml"))
-    cfg = ModelsConfig(profile="demo", cache_dir=str(models_cache()))
-    tc = params.train
-    components = {
-        role: load_component(role, cfg, "cpu")  # type: ignore[arg-type]
-        for role in tc.encoder.split("+")
-    }
-    model = build_use_model(
-        tc.encoder,
-        components,
-        feature_dim=tc.feature_dim,
-        use_cls=tc.use_cls,
-        image_size=tc.image_size,
-        sam_input_size=tc.sam_input_size,
+    params = params.model_copy(
+        update={
+            "models": ModelsConfig(profile="demo", cache_dir=str(models_cache())),
+            "runtime": params.runtime.model_copy(update={"device": "cpu"}),
+        }
     )
+    # CLIP at its checkpoint's own side: the baseline's crops are that side too.
+    config = USEModelConfig.from_params(params).with_backbone("clip", input_size=None)
+    components = load_backbones(params, config)
+    model = create_use_model(config, components)
     clip = components["clip"]
     side = int(clip.preprocess_cfg.get("image_size", 224))
     return compare(clip, model, image, masks, side, repeats=1)

@@ -125,7 +125,7 @@ def test_index_then_query_ranks_by_similarity(project: dict[str, Path]) -> None:
     from use_core.config import load_params
     from use_core.infer.query import load_index
     from use_core.model.checkpoint import load_use_model
-    from use_core.pipeline.train import load_backbones
+    from use_core.model.factory import load_backbones
 
     index = project["root"] / "index" / "val.parquet"
     result = use(

@@ -153,10 +153,10 @@ def run_curation_trials(cfg: dict[str, Any]) -> dict[str, Any]:
             root / "shapes", train_images=4, val_images=1, image_size=128, show_progress=False
         )
     params = {name: _curation_params(root, cfg["models_cache"]) for name, root in roots.items()}
-    from use_core.pipeline.shards import component
+    from use_core.pretrained.registry import load_pretrained
 
     for role in ("captioner", "spacy", "grounding", "sam"):
-        component(role, params["ref"])  # loaded once, inherited by every forked child
+        load_pretrained(role, params["ref"])  # loaded once, inherited by every forked child
 
     def stages_fn(p: Any, stages: tuple[str, ...], wait: bool = False) -> Callable[[], None]:
         def run() -> None:

@@ -15,7 +15,7 @@ from use_core.config import EvalConfig
 from use_core.data.metrics_json import write_metrics_json
 from use_core.data.shapes.scenes import generate_shapes
 from use_core.eval.evaluate import evaluate_benchmark
-from use_core.model import USEModel, build_use_model
+from use_core.model import USEModel, USEModelConfig, create_use_model
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,9 @@ def model() -> USEModel:
         vision_cfg={"image_size": 64, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16},
         text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
     )
-    return build_use_model("clip", {"clip": clip}, feature_dim=16, grid_size=8, seed=0)
+    return create_use_model(
+        USEModelConfig(backbones=["clip"], feature_dim=16, grid_size=8), {"clip": clip}, seed=0
+    )
 
 
 def _cfg(**kw: object) -> EvalConfig:

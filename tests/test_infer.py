@@ -16,7 +16,7 @@ from use_core.infer.parts import part_predictions, part_vocabulary, select_part_
 from use_core.infer.predict import predict_segments
 from use_core.infer.segment import segment_image
 from use_core.infer.semantic import semantic_map
-from use_core.model import USEModel, build_use_model
+from use_core.model import USEModel, USEModelConfig, create_use_model
 from use_core.ops.rle import decode_rle
 
 
@@ -29,7 +29,9 @@ def tiny_model() -> USEModel:
         vision_cfg={"image_size": 64, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16},
         text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
     )
-    return build_use_model("clip", {"clip": clip}, feature_dim=16, grid_size=8, seed=0)
+    return create_use_model(
+        USEModelConfig(backbones=["clip"], feature_dim=16, grid_size=8), {"clip": clip}, seed=0
+    )
 
 
 @pytest.fixture(scope="module")

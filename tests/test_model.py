@@ -13,9 +13,13 @@ from fuse_first_reference import fuse_first_embed, raw_frozen_features
 from safetensors.torch import load_file
 
 from use_core.model import (
+    ClipBackboneConfig,
+    Dinov2BackboneConfig,
+    SamBackboneConfig,
     USEModel,
+    USEModelConfig,
     area_weights,
-    build_use_model,
+    create_use_model,
     load_use_model,
     pooling_weights,
     save_use_model,
@@ -59,17 +63,22 @@ def components() -> dict[str, torch.nn.Module]:
     return {"clip": tiny_clip(), "dinov2": tiny_dinov2()}
 
 
-def build(encoder: str, components: dict, use_cls: bool = True, seed: int = 0) -> USEModel:
-    return build_use_model(
-        encoder,
-        components,
+def tiny_config(encoder: str, use_cls: bool = True) -> USEModelConfig:
+    per_role = {
+        "clip": ClipBackboneConfig(),
+        "dinov2": Dinov2BackboneConfig(last_blocks=2, input_size=56),
+        "sam": SamBackboneConfig(),
+    }
+    return USEModelConfig(
+        backbones=tuple(per_role[r] for r in encoder.split("+")),
         feature_dim=FEATURE_DIM,
         use_cls=use_cls,
-        dinov2_blocks=2,
-        image_size=56,
         grid_size=GRID,
-        seed=seed,
     )
+
+
+def build(encoder: str, components: dict, use_cls: bool = True, seed: int = 0) -> USEModel:
+    return create_use_model(tiny_config(encoder, use_cls), components, seed=seed)
 
 
 def two_masks(h: int, w: int) -> torch.Tensor:
@@ -373,12 +382,13 @@ def test_checkpoint_roundtrip_without_pickles(components: dict, tmp_path: Path) 
     model = build("clip+dinov2", components, seed=3)
     with torch.no_grad():
         model.encoder_head.fusions[0].scales.add_(0.5)  # type: ignore[operator]  # differ from any fresh init
-    save_use_model(model, tmp_path, "clip+dinov2", {"note": "test"})
+    save_use_model(model, tmp_path, {"note": "test"})
     tensors = load_file(str(tmp_path / "model.safetensors"))
     assert set(tensors) == set(model.trainable_state())
     assert not any(k.startswith("backbones") for k in tensors)
     config = json.loads((tmp_path / "model.json").read_text())
-    assert config["encoder"] == "clip+dinov2" and config["extra"] == {"note": "test"}
+    assert config["format"] == "use-model/2" and config["extra"] == {"note": "test"}
+    assert USEModelConfig.model_validate(config["config"]) == model.config
 
     loaded = load_use_model(tmp_path, components)
     images = torch.rand(1, 3, 40, 40)
@@ -405,9 +415,7 @@ def mobile_sam(mobile_sam_checkpoint: Path) -> torch.nn.Module:
 @pytest.mark.slow
 @pytest.mark.parametrize("encoder", ["sam", "clip+sam"])
 def test_sam_encoder_levels(encoder: str, mobile_sam: torch.nn.Module, components: dict) -> None:
-    model = build_use_model(
-        encoder, {**components, "sam": mobile_sam}, feature_dim=FEATURE_DIM, grid_size=GRID
-    )
+    model = build(encoder, {**components, "sam": mobile_sam})
     sam = model.backbone_list[-1]
     assert sam.level_names == ["stage0", "stage1", "stage2", "stage3", "neck"]
     assert sam.level_dims == [128, 160, 320, 320, 256]
@@ -451,13 +459,8 @@ def test_sam_encoder_at_working_resolution(mobile_sam: torch.nn.Module, componen
     assert F.cosine_similarity(out.levels[-1].flatten(), big.flatten(), dim=0) > 0.5
     assert not torch.allclose(out.levels[-1], big)
 
-    model = build_use_model(
-        "sam",
-        {**components, "sam": mobile_sam},
-        feature_dim=FEATURE_DIM,
-        grid_size=GRID,
-        sam_input_size=448,
-    )
+    config = tiny_config("sam").with_backbone("sam", input_size=448)
+    model = create_use_model(config, {**components, "sam": mobile_sam})
     assert model.spec()["backbones"][0]["input_size"] == [448, 448]
     with pytest.raises(ValueError, match="multiple of 16"):
         SamEncoderBackbone(mobile_sam, input_size=450)

@@ -16,7 +16,6 @@ from benchmarks import p2_box_masks as p2
 from benchmarks import p3_mask_nms as p3
 from benchmarks import p7_proposals as p7
 from benchmarks.common import interleaved, run_child
-from use_core.model import build_use_model
 from use_core.ops.nms import mask_nms
 
 
@@ -39,7 +38,7 @@ def test_p1_baseline_and_use_embed_every_segment() -> None:
     masks = p1.segment_masks(12, image.shape[:2])
     assert masks.any(axis=(1, 2)).all()
     bundle = p1.tiny_clip_bundle()
-    model = build_use_model("clip", {"clip": bundle}, grid_size=8)
+    model = p1.clip_use_model(bundle, grid_size=8)
     base = p1.baseline_embed(bundle.model, image, masks, 64)
     use = p1.use_embed(model, image, masks)
     for emb in (base, use):

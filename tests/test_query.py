@@ -21,7 +21,7 @@ from use_core.infer.query import (
     save_hits_sheet,
     search,
 )
-from use_core.model import USEModel, build_use_model
+from use_core.model import USEModel, USEModelConfig, create_use_model
 from use_core.ops.rle import decode_rle, encode_mask
 
 
@@ -35,7 +35,9 @@ def model() -> USEModel:
         vision_cfg={"image_size": 64, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16},
         text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
     )
-    return build_use_model("clip", {"clip": clip}, feature_dim=16, grid_size=8, seed=0)
+    return create_use_model(
+        USEModelConfig(backbones=["clip"], feature_dim=16, grid_size=8), {"clip": clip}, seed=0
+    )
 
 
 def test_search_ranks_the_matching_segment_first(model: USEModel, tmp_path: Path) -> None:

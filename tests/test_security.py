@@ -208,7 +208,7 @@ def test_manifest_entries_escaping_the_root_are_quarantined(tmp_path: Path) -> N
 def served(tmp_path_factory: pytest.TempPathFactory, models_cache: Path, demo_models: dict) -> Any:
     """A USEPyfunc loaded through load_context from a real (untrained) USE checkpoint."""
     from use_core.config import Params
-    from use_core.model import build_use_model
+    from use_core.model import USEModelConfig, create_use_model
     from use_core.model.checkpoint import save_use_model
     from use_core.pipeline.train import load_backbones
     from use_core.tracking.pyfunc import USEPyfunc
@@ -220,10 +220,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, models_cache: Path, demo_mo
     params.train.encoder = "clip"
     params.train.image_size = 64
     params.train.feature_dim = 16
-    model = build_use_model(
-        "clip", load_backbones(params), feature_dim=16, image_size=64, grid_size=4, seed=0
-    )
-    save_use_model(model, tmp / "ckpt", "clip")
+    config = USEModelConfig.from_params(params, grid_size=4)
+    model = create_use_model(config, load_backbones(params), seed=0)
+    save_use_model(model, tmp / "ckpt")
     (tmp / "config.json").write_text(json.dumps({"params": params.model_dump(mode="json")}))
     py = USEPyfunc()
     py.load_context(

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from use_core.config import Params
 from use_core.data.pairs import validate_pairs_frame
 from use_core.data.shapes.gt import pairs_from_shapes_gt, shapes_class_names
-from use_core.model import build_use_model
+from use_core.model import USEModel, USEModelConfig, create_use_model
 from use_core.train import train_use_model
 from use_core.train.augment import random_scale_crop
 from use_core.train.dataset import SegmentTextDataset, rng_for
@@ -44,6 +44,11 @@ def tiny_clip(seed: int = 0) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def clip() -> torch.nn.Module:
     return tiny_clip()
+
+
+def tiny_model(clip: torch.nn.Module) -> USEModel:
+    config = USEModelConfig(backbones=["clip"], feature_dim=16, grid_size=GRID)
+    return create_use_model(config, {"clip": clip}, seed=0)
 
 
 def small_params(**train: object) -> Params:
@@ -103,7 +108,7 @@ def test_random_scale_crop_moves_masks_with_pixels() -> None:
 def test_a_few_steps_lower_the_loss(shapes_small: Path, clip: torch.nn.Module) -> None:
     pairs = pairs_from_shapes_gt(shapes_small, "train")
     ds = SegmentTextDataset(pairs, shapes_small)
-    model = build_use_model("clip", {"clip": clip}, feature_dim=16, grid_size=GRID, seed=0)
+    model = tiny_model(clip)
     maker = augmented_view_maker(ds, 0, 160, 1.0, 1.0, stream=0)
     views = compute_view_features(model, ds, [(i, maker(i, 0)) for i in range(4)])
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
@@ -127,7 +132,7 @@ def test_training_steps_match_the_fuse_first_reference(
     items = [(i, maker(i, 0)) for i in range(4)]
 
     def fresh() -> Any:
-        return build_use_model("clip", {"clip": clip}, feature_dim=16, grid_size=GRID, seed=0)
+        return tiny_model(clip)
 
     model, ref = fresh(), fresh()
     views = compute_view_features(model, ds, items)
@@ -155,7 +160,7 @@ def test_feature_cache_is_deterministic_and_rebuilt_on_change(
 ) -> None:
     pairs = pairs_from_shapes_gt(shapes_small, "train")
     ds = SegmentTextDataset(pairs, shapes_small)
-    model = build_use_model("clip", {"clip": clip}, feature_dim=16, grid_size=GRID, seed=0)
+    model = tiny_model(clip)
     maker = augmented_view_maker(ds, 0, 160, 0.5, 2.0, stream=0)
     a = build_feature_cache(tmp_path / "a", "k1", model, ds, 2, maker, shard_images=3)
     assert "estimated" in capsys.readouterr().err
@@ -330,7 +335,7 @@ def test_cache_batch_views_sets_the_backbone_batch(
     assert max(batches) == 3 and sum(batches) > 3
 
     ds = SegmentTextDataset(train, shapes_small)
-    model = build_use_model("clip", {"clip": clip}, feature_dim=16, grid_size=GRID, seed=0)
+    model = tiny_model(clip)
     maker = augmented_view_maker(ds, 0, 160, 0.5, 2.0, stream=0)
     one = build_feature_cache(tmp_path / "one", "k", model, ds, 2, maker, batch_views=1)
     three = build_feature_cache(tmp_path / "three", "k", model, ds, 2, maker, batch_views=3)

@@ -9,7 +9,7 @@ from tiny_project import write_tiny_params
 
 from use_core.config import load_params
 from use_core.data.shapes.gt import pairs_from_shapes_gt
-from use_core.pipeline.train import load_backbones
+from use_core.model.factory import load_backbones
 from use_core.train import train_use_model
 
 

@@ -61,7 +61,7 @@ def train_tiny_model(params_path: Path, shapes_dir: Path, train_dir: Path) -> Pa
     (holding ``model/model.json`` + ``model/model.safetensors``)."""
     from use_core.config import load_params
     from use_core.data.shapes.gt import pairs_from_shapes_gt
-    from use_core.pipeline.train import load_backbones
+    from use_core.model.factory import load_backbones
     from use_core.train import train_use_model
 
     params = load_params(params_path)

@@ -105,13 +105,12 @@ def _load_model(p: Params, model_dir: Path) -> Any:
     """The trained USE model from ``model_dir`` (train-stage folder or model folder)."""
     from use_core.model.checkpoint import load_use_model
     from use_core.pipeline.evaluate import load_trained_model
-    from use_core.pipeline.train import load_backbones
     from use_core.pretrained.errors import ModelUnavailableError
 
     try:
         with console.status(f"loading the USE model from {model_dir}"):
             if (model_dir / "model.json").exists():
-                model = load_use_model(model_dir, load_backbones(p))
+                model = load_use_model(model_dir, params=p)
                 model.eval()
                 return model
             return load_trained_model(p, model_dir)
@@ -126,11 +125,11 @@ def _load_model(p: Params, model_dir: Path) -> Any:
 
 def _load_sam(p: Params) -> Any:
     from use_core.pretrained.errors import ModelUnavailableError
-    from use_core.pretrained.registry import load_component
+    from use_core.pretrained.registry import load_pretrained
 
     try:
         with console.status("loading SAM"):
-            return load_component("sam", p.models)
+            return load_pretrained("sam", p)
     except ModelUnavailableError as exc:
         raise _fail(f"SAM is not available: {exc}", code=1) from None
 

@@ -36,6 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from use_core.model.config import (
+    ClipBackboneConfig,
+    Dinov2BackboneConfig,
+    SamBackboneConfig,
+    USEModelConfig,
+)
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -383,7 +390,7 @@ class SamEncoderBackbone(Backbone):
         return feat[:, :, :gh, :gw].float()
 
 
-BackboneBuilder = Callable[[Any, Mapping[str, Any]], Backbone]
+BackboneBuilder = Callable[[Any, Any], Backbone]
 
 
 def unwrap_component(component: Any) -> tuple[nn.Module, dict[str, Any]]:
@@ -400,30 +407,24 @@ def _norm_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {k: tuple(cfg[k]) for k in ("mean", "std") if k in cfg}
 
 
-def _build_clip(component: Any, options: Mapping[str, Any]) -> Backbone:
-    model, cfg = unwrap_component(component)
-    return ClipVisualBackbone(model, blocks=options.get("clip_blocks"), **_norm_kwargs(cfg))
+def _build_clip(component: Any, cfg: ClipBackboneConfig) -> Backbone:
+    model, pp = unwrap_component(component)
+    return ClipVisualBackbone(model, blocks=cfg.blocks, **_norm_kwargs(pp))
 
 
-def _build_dinov2(component: Any, options: Mapping[str, Any]) -> Backbone:
-    model, cfg = unwrap_component(component)
+def _build_dinov2(component: Any, cfg: Dinov2BackboneConfig) -> Backbone:
+    model, pp = unwrap_component(component)
     return Dinov2Backbone(
-        model,
-        last_blocks=int(options.get("dinov2_blocks", 6)),
-        input_size=int(options.get("image_size", 448)),
-        **_norm_kwargs(cfg),
+        model, last_blocks=cfg.last_blocks, input_size=cfg.input_size, **_norm_kwargs(pp)
     )
 
 
-def _build_sam(component: Any, options: Mapping[str, Any]) -> Backbone:
+def _build_sam(component: Any, cfg: SamBackboneConfig) -> Backbone:
     model, _ = unwrap_component(component)
-    size = options.get("sam_input_size")
-    return SamEncoderBackbone(
-        model, levels=options.get("sam_levels"), input_size=None if size is None else int(size)
-    )
+    return SamEncoderBackbone(model, levels=cfg.levels, input_size=cfg.input_size)
 
 
-# name → builder; the encoder string "clip+sam" names two entries.
+# role → builder from the role's loaded component and its backbone config.
 BACKBONES: dict[str, BackboneBuilder] = {
     "clip": _build_clip,
     "dinov2": _build_dinov2,
@@ -431,31 +432,16 @@ BACKBONES: dict[str, BackboneBuilder] = {
 }
 
 
-def parse_encoder(encoder: str) -> list[str]:
-    """``"clip+dinov2"`` → ``["clip", "dinov2"]`` (validated against :data:`BACKBONES`)."""
-    names = [n.strip() for n in encoder.split("+") if n.strip()]
-    unknown = [n for n in names if n not in BACKBONES]
-    if not names or unknown or len(set(names)) != len(names):
-        raise ValueError(f"bad encoder {encoder!r}: use '+'-joined names from {sorted(BACKBONES)}")
-    return names
-
-
-def build_backbones(
-    encoder: str, components: Mapping[str, Any], options: Mapping[str, Any] | None = None
-) -> list[Backbone]:
-    """One frozen adapter per name in ``encoder``, from loaded ``components``.
+def build_backbones(config: USEModelConfig, components: Mapping[str, Any]) -> list[Backbone]:
+    """One frozen adapter per entry of ``config.backbones``, in order, from loaded ``components``.
 
     ``components`` maps role → module or registry bundle (``ClipBundle``/``DinoBundle`` also
-    give their ``preprocess_cfg`` mean/std).
-
-    ``options`` may hold ``dinov2_blocks``, ``image_size`` (DINOv2 input side), ``clip_blocks``,
-    ``sam_levels`` and ``sam_input_size`` (TinyViT input side; ``None``: the checkpoint's).
-    For ``"sam"`` the component may be a ``Sam`` or its image encoder.
+    give their ``preprocess_cfg`` mean/std). For ``"sam"`` the component may be a ``Sam`` or
+    its image encoder.
     """
-    opts = dict(options or {})
     out = []
-    for name in parse_encoder(encoder):
-        if name not in components:
-            raise KeyError(f"encoder {encoder!r} needs a loaded {name!r} component")
-        out.append(BACKBONES[name](components[name], opts))
+    for cfg in config.backbones:
+        if cfg.role not in components:
+            raise KeyError(f"encoder {config.encoder!r} needs a loaded {cfg.role!r} component")
+        out.append(BACKBONES[cfg.role](components[cfg.role], cfg))
     return out

@@ -3,11 +3,15 @@
 A checkpoint directory holds::
 
     model.safetensors   encoder_head.* and segment_head.* tensors (float32)
-    model.json          {"format": "use-model/1", "encoder": "clip+sam", "spec": {...}, ...}
+    model.json          {"format": "use-model/2", "config": {...}, "spec": {...}, "extra": {...}}
 
-The frozen backbones are not stored: they come from the model registry (``use_core.pretrained``),
-and ``model.json`` records what they were (kind, level names and widths) so loading can refuse a
-mismatch instead of silently mis-wiring weights.
+``config`` is the model's :class:`~use_core.model.config.USEModelConfig` as-is (what
+:func:`load_use_model` rebuilds it from); ``spec`` what the built model was (backbone kinds,
+level names and widths, input sides), checked on load so a mismatch is refused instead of
+silently mis-wiring weights. The frozen backbones are not stored: they come from the model
+registry (``use_core.pretrained``). A ``use-model/1`` checkpoint (``encoder`` + ``spec``, no
+``config``) still loads: its config is read off its spec
+(:meth:`~use_core.model.config.USEModelConfig.from_spec`).
 """
 
 from __future__ import annotations
@@ -17,14 +21,20 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from use_core.model.use_model import DEFAULT_GRID, USEModel, build_use_model
+from use_core.model.config import USEModelConfig
+from use_core.model.factory import create_use_model, load_backbones
+from use_core.model.use_model import USEModel
 
-FORMAT = "use-model/1"
+if TYPE_CHECKING:
+    from use_core.config import Params
+
+FORMAT = "use-model/2"
+FORMAT_V1 = "use-model/1"  # encoder + spec, no config: read, never written
 WEIGHTS = "model.safetensors"
 CONFIG = "model.json"
 
@@ -37,13 +47,12 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def save_use_model(
-    model: USEModel, out_dir: str | Path, encoder: str, extra: Mapping[str, Any] | None = None
+    model: USEModel, out_dir: str | Path, extra: Mapping[str, Any] | None = None
 ) -> Path:
     """Write ``model.safetensors`` + ``model.json`` into ``out_dir`` (atomically per file).
 
     Arguments:
-      model: the model whose trainable tensors are saved.
-      encoder: the encoder string it was built with (``"clip+sam"``...), needed to rebuild it.
+      model: the model whose trainable tensors are saved (its ``config`` goes to model.json).
       extra: JSON-able metadata stored under ``"extra"`` (e.g. the component specs, metrics).
     """
     out = Path(out_dir)
@@ -58,7 +67,7 @@ def save_use_model(
     os.replace(tmp, out / WEIGHTS)
     config = {
         "format": FORMAT,
-        "encoder": encoder,
+        "config": model.config.model_dump(mode="json"),
         "spec": model.spec(),
         "extra": dict(extra or {}),
     }
@@ -67,14 +76,25 @@ def save_use_model(
 
 
 def read_use_config(ckpt_dir: str | Path) -> dict[str, Any]:
-    """The ``model.json`` of a checkpoint (validated format)."""
+    """The ``model.json`` of a checkpoint (format checked: ``use-model/2`` or ``/1``)."""
     path = Path(ckpt_dir) / CONFIG
     if not path.exists():
         raise FileNotFoundError(f"no {CONFIG} in {ckpt_dir}: not a USE checkpoint")
     config = json.loads(path.read_text())
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{path}: unsupported format {config.get('format')!r} (want {FORMAT})")
+    if config.get("format") not in (FORMAT, FORMAT_V1):
+        raise ValueError(
+            f"{path}: unsupported format {config.get('format')!r} (want {FORMAT} or {FORMAT_V1})"
+        )
     return config
+
+
+def read_model_config(ckpt_dir: str | Path) -> USEModelConfig:
+    """The :class:`USEModelConfig` a checkpoint was saved with (of a ``use-model/1`` one: read
+    off its spec)."""
+    stored = read_use_config(ckpt_dir)
+    if stored["format"] == FORMAT_V1:
+        return USEModelConfig.from_spec(stored["encoder"], stored["spec"])
+    return USEModelConfig.model_validate(stored["config"])
 
 
 def load_trainable_state(model: USEModel, ckpt_dir: str | Path) -> USEModel:
@@ -103,29 +123,23 @@ def load_trainable_state(model: USEModel, ckpt_dir: str | Path) -> USEModel:
 
 
 def load_use_model(
-    ckpt_dir: str | Path, components: Mapping[str, Any], tokenizer: Any = None
+    ckpt_dir: str | Path,
+    components: Mapping[str, Any] | None = None,
+    *,
+    params: Params | None = None,
+    tokenizer: Any = None,
 ) -> USEModel:
-    """Rebuild a :class:`USEModel` from ``model.json`` and loaded components, then load weights.
+    """Rebuild the :class:`USEModel` saved in ``ckpt_dir`` and load its trainable weights.
 
-    ``components`` maps roles (``clip``, ``dinov2``, ``sam``) to loaded models, as returned by
-    the model registry.
+    The architecture is the checkpoint's own config. The frozen components are ``components``
+    (role → loaded model, as :func:`~use_core.model.factory.load_backbones` returns them) or,
+    when not given, loaded for that config from the registry under ``params`` (``models``,
+    ``runtime.device``, ``runtime.half_precision_on_gpu``).
     """
-    config = read_use_config(ckpt_dir)
-    spec = config["spec"]
-    dinov2 = [b for b in spec["backbones"] if b["kind"] == "dinov2"]
-    sam = [b for b in spec["backbones"] if b["kind"] == "sam"]
-    model = build_use_model(
-        config["encoder"],
-        components,
-        feature_dim=spec["feature_dim"],
-        use_cls=spec["use_cls"],
-        dinov2_blocks=len(dinov2[0]["levels"]) if dinov2 else 6,
-        image_size=int(dinov2[0]["input_size"][0]) if dinov2 else 448,
-        sam_input_size=int(sam[0]["input_size"][0]) if sam else None,
-        grid_size=int(spec.get("grid_size", DEFAULT_GRID)),
-        grid_resample=spec["grid_resample"],
-        text_templates=spec["text_templates"],
-        tokenizer=tokenizer,
-        seed=None,
-    )
+    config = read_model_config(ckpt_dir)
+    if components is None:
+        if params is None:
+            raise TypeError("load_use_model needs the loaded components or the params to load them")
+        components = load_backbones(params, config)
+    model = create_use_model(config, components, tokenizer=tokenizer, seed=None)
     return load_trainable_state(model, ckpt_dir)

@@ -24,19 +24,20 @@ demo's small shapes, coarse enough to cache.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from use_core.model.backbones import Backbone, build_backbones, unwrap_component
+from use_core.model.backbones import Backbone
+from use_core.model.config import DEFAULT_GRID, USEModelConfig
 from use_core.model.encoder import ImageEncoderHead, PoolOrder, resample_grid
 from use_core.model.features import FrozenFeatures, ImageFeatures
 from use_core.model.head import SegmentHead, area_weights, pooling_weights
 from use_core.model.text import TextEncoder
 
-DEFAULT_GRID = 32
+__all__ = ["DEFAULT_GRID", "USEModel", "images_to_float"]
 
 
 def images_to_float(images: torch.Tensor) -> torch.Tensor:
@@ -51,44 +52,38 @@ def images_to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 class USEModel(nn.Module):
-    """Universal segment embedder.
+    """Universal segment embedder. Build one with :func:`use_core.model.factory.create_use_model`
+    or :func:`use_core.model.checkpoint.load_use_model`.
 
     Arguments:
-      backbones: frozen adapters (one entry per backbone, each with its level selection).
+      config: the architecture (``feature_dim``, ``use_cls``, grid, ...); kept as ``config``.
+      backbones: frozen adapters built for ``config.backbones`` (same roles, same order).
       text_encoder: frozen CLIP text side (defines ``embed_dim``).
-      feature_dim: LLN output width.
-      use_cls: concatenate each backbone's cls embedding to ``z`` (paper Table 5).
-      grid_size: side of the common patch grid.
-      grid_resample: ``bilinear`` | ``nearest`` | ``area`` (how levels reach the grid).
 
     Only ``encoder_head`` (LLNs and level scales) and ``segment_head`` (the Linear) train;
     backbones and the text encoder are frozen and always in eval mode.
     """
 
     def __init__(
-        self,
-        backbones: Sequence[Backbone],
-        text_encoder: TextEncoder,
-        feature_dim: int = 256,
-        use_cls: bool = True,
-        grid_size: int = DEFAULT_GRID,
-        grid_resample: str = "bilinear",
+        self, config: USEModelConfig, backbones: Sequence[Backbone], text_encoder: TextEncoder
     ) -> None:
         super().__init__()
-        if not backbones:
-            raise ValueError("USEModel needs at least one backbone")
+        kinds = [b.kind for b in backbones]
+        if kinds != [b.role for b in config.backbones]:
+            raise ValueError(f"backbones {kinds} do not match the config's {config.encoder!r}")
+        self.config = config
         self.backbones = nn.ModuleList(backbones)
         self.backbone_list: list[Backbone] = list(backbones)
         self.text_encoder = text_encoder
-        self.grid = (int(grid_size), int(grid_size))
-        self.grid_resample = grid_resample
-        self.feature_dim = int(feature_dim)
-        self.use_cls = bool(use_cls)
+        self.grid = (int(config.grid_size), int(config.grid_size))
+        self.grid_resample = config.grid_resample
+        self.feature_dim = int(config.feature_dim)
+        self.use_cls = bool(config.use_cls)
         self.encoder_head = ImageEncoderHead(
             [b.level_dims for b in backbones],
             [b.cls_dim for b in backbones],
-            feature_dim,
-            use_cls,
+            self.feature_dim,
+            self.use_cls,
         )
         self.embed_dim = text_encoder.embed_dim
         self.segment_head = SegmentHead(self.encoder_head.out_dim, self.embed_dim)
@@ -228,47 +223,3 @@ class USEModel(nn.Module):
     ) -> torch.Tensor:
         """``T`` texts → ``(T, embed_dim)`` float32 unit-norm (templates averaged, cached)."""
         return self.text_encoder(list(texts), templates).to(self.device)
-
-
-def build_use_model(
-    encoder: str,
-    components: Mapping[str, Any],
-    feature_dim: int = 256,
-    use_cls: bool = True,
-    dinov2_blocks: int = 6,
-    image_size: int = 448,
-    sam_input_size: int | None = None,
-    grid_size: int = DEFAULT_GRID,
-    grid_resample: str = "bilinear",
-    text_templates: Sequence[str] | None = None,
-    tokenizer: Any = None,
-    seed: int | None = 0,
-) -> USEModel:
-    """Build a :class:`USEModel` from loaded components (role → model).
-
-    ``components`` (role → module or registry bundle, as ``load_component`` returns them) holds
-    ``"clip"`` (always: it is the text encoder) and whatever ``encoder``
-    (``"clip" | "dinov2" | "sam" | "clip+dinov2" | "clip+sam"``) names. ``image_size`` is
-    DINOv2's input side, ``sam_input_size`` MobileSAM's (``None``: the checkpoint's 1024).
-    ``seed`` seeds the initialisation of the trainable parameters (``None``: torch's RNG).
-    """
-    from use_core.config import PAPER_TEXT_TEMPLATES
-
-    if "clip" not in components:
-        raise KeyError("a 'clip' component is required: it encodes the texts")
-    options = {
-        "dinov2_blocks": dinov2_blocks,
-        "image_size": image_size,
-        "sam_input_size": sam_input_size,
-    }
-    backbones = build_backbones(encoder, components, options)
-    clip_model, _ = unwrap_component(components["clip"])
-    tokenizer = tokenizer or getattr(components["clip"], "tokenizer", None)
-    text = TextEncoder(
-        clip_model, tokenizer=tokenizer, templates=text_templates or PAPER_TEXT_TEMPLATES
-    )
-    if seed is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return USEModel(backbones, text, feature_dim, use_cls, grid_size, grid_resample)
-    return USEModel(backbones, text, feature_dim, use_cls, grid_size, grid_resample)

@@ -15,7 +15,6 @@ from typing import Any
 
 from use_core.config import Params
 from use_core.pipeline.runner import StageIO
-from use_core.pipeline.train import load_backbones
 
 
 def load_trained_model(params: Params, train_dir: Path) -> Any:
@@ -25,7 +24,7 @@ def load_trained_model(params: Params, train_dir: Path) -> Any:
     model_dir = train_dir / "model"
     if not (model_dir / "model.json").exists():
         raise FileNotFoundError(f"no trained model in {model_dir}: run `use train` first")
-    model = load_use_model(model_dir, load_backbones(params))
+    model = load_use_model(model_dir, params=params)
     model.eval()
     return model
 
@@ -64,9 +63,9 @@ def run_eval_stage(
     model = load_trained_model(params, train_dir)
     sam = None
     if params.eval.proposals == "sam":
-        from use_core.pretrained.registry import load_component
+        from use_core.pretrained.registry import load_pretrained
 
-        sam = load_component("sam", params.models)
+        sam = load_pretrained("sam", params)
     from use_core.infer.proposal_store import ProposalStore
 
     if out_dir.exists():

@@ -57,9 +57,9 @@ def run_proposals_stage(params: Params, out_dir: Path, metrics_path: Path) -> di
     for path in tqdm(list(paths.values()), desc="proposals"):
         image = load_rgb(path, params.data.max_image_pixels)
         if sam is None:
-            from use_core.pretrained.registry import load_component
+            from use_core.pretrained.registry import load_pretrained
 
-            sam = load_component("sam", params.models)
+            sam = load_pretrained("sam", params)
         start = time.perf_counter()
         masks, hit = sam_proposal_masks(
             sam,

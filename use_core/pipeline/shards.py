@@ -130,22 +130,11 @@ def shard_stage_key(stage: str, shard: Shard, params: Params) -> str:
 # What the shard functions share: models on the configured device, images, quarantine records.
 
 
-def _device(params: Params) -> Any:
-    from use_core.runtime import select_device
-
-    return select_device(params.runtime)
-
-
 def component(role: str, params: Params) -> Any:
-    from use_core.pretrained.registry import load_component
-
     """The pretrained component ``role`` on ``runtime.device`` (cached per process)."""
-    return load_component(
-        role,  # type: ignore[arg-type]
-        params.models,
-        _device(params),
-        half_precision=params.runtime.half_precision_on_gpu,
-    )
+    from use_core.pretrained.registry import load_pretrained
+
+    return load_pretrained(role, params)  # type: ignore[arg-type]
 
 
 def load_image(path: Path, params: Params) -> np.ndarray:

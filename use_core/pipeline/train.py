@@ -48,29 +48,6 @@ def shapes_validation(params: Params) -> tuple[pd.DataFrame | None, list[str] | 
     return val, shapes_class_names(shapes)
 
 
-def encoder_roles(encoder: str) -> list[str]:
-    """Registry roles the encoder needs (CLIP always: it encodes the texts)."""
-    return sorted({"clip", *encoder.split("+")})
-
-
-def load_backbones(params: Params) -> dict[str, Any]:
-    """The frozen components of the configured encoder, from the model registry."""
-    from use_core.pretrained.registry import load_component
-    from use_core.runtime import select_device
-
-    device = select_device(params.runtime)
-    return {
-        role: load_component(
-            role,  # type: ignore[arg-type]
-            params.models,
-            device,
-            half_precision=params.runtime.half_precision_on_gpu,
-            image_size=params.train.image_size if role == "clip" else None,
-        )
-        for role in encoder_roles(params.train.encoder)
-    }
-
-
 def run(params: Params, io: StageIO, track: bool = True) -> dict[str, Any]:
     """The stage: train into the ``model_dir`` output, metrics and the epochs CSV beside it."""
     return run_train_stage(
@@ -110,6 +87,8 @@ def run_train_stage(
             "run the curation stages first or change train.sources"
         )
     val_pairs, class_names = shapes_validation(params)
+    from use_core.model.factory import load_backbones
+
     components = load_backbones(params)
     out_dir.mkdir(parents=True, exist_ok=True)
     loggers: list[Any] = [JsonlMetricsLogger(out_dir / "steps.jsonl")]

@@ -2,8 +2,9 @@
 
 ``load_component(role, models_cfg, device)`` resolves the role's :class:`ModelSpec` (profile →
 override → ``{cache}`` expansion, see :mod:`use_core.pretrained.profiles`) and calls
-``LOADERS[spec.kind]``. Loaders never know whether a model is tiny or real: the demo profile's
-models go through exactly the code that loads the paper's.
+``LOADERS[spec.kind]``; ``load_pretrained(role, params)``, what the stages call, does that on
+``runtime.device`` with ``runtime.half_precision_on_gpu``. Loaders never know whether a model
+is tiny or real: the demo profile's models go through exactly the code that loads the paper's.
 
 What each role returns:
 
@@ -39,7 +40,7 @@ from typing import Any
 
 import torch
 
-from use_core.config import ModelsConfig, ModelSpec, Role
+from use_core.config import ModelsConfig, ModelSpec, Params, Role
 from use_core.pretrained.errors import ModelUnavailableError
 from use_core.pretrained.profiles import SOURCES, resolve_spec
 
@@ -52,6 +53,7 @@ __all__ = [
     "ModelUnavailableError",
     "clear_cache",
     "load_component",
+    "load_pretrained",
     "load_spec",
 ]
 
@@ -407,6 +409,23 @@ def load_component(
         resolve_spec(role, models_cfg),
         device,
         half_precision=half_precision,
+        image_size=image_size,
+    )
+
+
+def load_pretrained(role: Role, params: Params, *, image_size: int | None = None) -> Any:
+    """The model for ``role`` under ``params.models``, on ``runtime.device`` (``auto``: CUDA if
+    available, else CPU) with ``runtime.half_precision_on_gpu`` (only matters on CUDA).
+
+    ``image_size`` as in :func:`load_component` (CLIP only). Cached per process like it.
+    """
+    from use_core.runtime import select_device
+
+    return load_component(
+        role,
+        params.models,
+        select_device(params.runtime),
+        half_precision=params.runtime.half_precision_on_gpu,
         image_size=image_size,
     )
 

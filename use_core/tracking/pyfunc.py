@@ -107,7 +107,6 @@ class USEPyfunc(PythonModel):  # type: ignore[misc,valid-type]
 
     def load_context(self, context: Any) -> None:
         from use_core.model.checkpoint import load_use_model
-        from use_core.pipeline.train import load_backbones
 
         cfg = json.loads(Path(context.artifacts["config"]).read_text())
         params = Params.model_validate(cfg["params"])
@@ -115,23 +114,16 @@ class USEPyfunc(PythonModel):  # type: ignore[misc,valid-type]
         if cache:
             params.models.cache_dir = cache
         self.params = params
-        self.model = load_use_model(context.artifacts["checkpoint"], load_backbones(params))
+        self.model = load_use_model(context.artifacts["checkpoint"], params=params)
         self.model.eval()
         self._sam: Any = None
 
     def _sam_model(self) -> Any:
         """SAM on ``runtime.device``, loaded at the first request that needs proposals."""
         if self._sam is None:
-            from use_core.pretrained.registry import load_component
-            from use_core.runtime import select_device
+            from use_core.pretrained.registry import load_pretrained
 
-            runtime = self.params.runtime
-            self._sam = load_component(
-                "sam",
-                self.params.models,
-                select_device(runtime),
-                half_precision=runtime.half_precision_on_gpu,
-            )
+            self._sam = load_pretrained("sam", self.params)
         return self._sam
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:

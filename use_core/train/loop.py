@@ -42,9 +42,11 @@ from tqdm import tqdm
 from use_core.config import Params
 from use_core.malloc import release_freed_memory
 from use_core.model.checkpoint import save_use_model
+from use_core.model.config import DEFAULT_GRID, USEModelConfig
+from use_core.model.factory import create_use_model
 from use_core.model.features import FrozenFeatures
 from use_core.model.loss import segment_text_loss
-from use_core.model.use_model import DEFAULT_GRID, USEModel, build_use_model
+from use_core.model.use_model import USEModel
 from use_core.train.dataset import SegmentTextDataset, rng_for
 from use_core.train.feature_cache import build_feature_cache, cache_key
 from use_core.train.metrics_log import JsonlMetricsLogger, MetricsLogger
@@ -195,19 +197,10 @@ def train_use_model(
         if val_pairs is not None and len(val_pairs)
         else None
     )
-    model = build_use_model(
-        cfg.encoder,
-        components,
-        feature_dim=cfg.feature_dim,
-        use_cls=cfg.use_cls,
-        dinov2_blocks=cfg.dinov2_blocks,
-        image_size=cfg.image_size,
-        sam_input_size=sam_input_size if sam_input_size is not None else cfg.sam_input_size,
-        grid_size=grid_size,
-        grid_resample=cfg.grid_resample,
-        text_templates=cfg.text_templates,
-        seed=cfg.seed,
-    ).place(dev, half_backbones=dev.type == "cuda" and params.runtime.half_precision_on_gpu)
+    config = USEModelConfig.from_params(params, grid_size=grid_size, sam_input_size=sam_input_size)
+    model = create_use_model(config, components, seed=cfg.seed).place(
+        dev, half_backbones=dev.type == "cuda" and params.runtime.half_precision_on_gpu
+    )
     # The run's whole vocabulary, encoded once in a canonical order, so that a text's embedding
     # does not depend on the batch it first appears in (exact resume; TextEncoder.warm).
     model.text_encoder.warm(
@@ -382,12 +375,12 @@ def train_use_model(
             state.history.append(record)
             logger.log_metrics({k: v for k, v in record.items() if k != "epoch"}, state.global_step)
             state.epoch = epoch
-            save_checkpoint(out, model, cfg.encoder, optimizer, scheduler, state)
+            save_checkpoint(out, model, optimizer, scheduler, state)
     finally:
         bar.close()
 
     model_dir = save_use_model(
-        model, out / "model", cfg.encoder, {"epochs": state.epoch, "fingerprint": fingerprint}
+        model, out / "model", {"epochs": state.epoch, "fingerprint": fingerprint}
     )
     wall = time.perf_counter() - started
     metrics = {**state.history[-1], "wall_time_s": wall}

@@ -56,7 +56,6 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 def save_checkpoint(
     out_dir: Path,
     model: USEModel,
-    encoder: str,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: TrainState,
@@ -68,7 +67,7 @@ def save_checkpoint(
     final = root / f"epoch_{state.epoch:03d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
     try:
-        save_use_model(model, tmp, encoder, extra)
+        save_use_model(model, tmp, extra)
         tensors, groups = _optimizer_tensors(optimizer)
         save_file(tensors, str(tmp / OPTIMIZER_FILE))
         payload = {
