@@ -310,7 +310,7 @@ def run_training_trials(cfg: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     from use_core.data.shapes.gt import pairs_from_shapes_gt, shapes_class_names
-    from use_core.pipeline.train import load_backbones
+    from use_core.model.factory import load_backbones
     from use_core.train.loop import train_use_model
 
     params = train_params(cfg["models_cache"])
@@ -504,7 +504,7 @@ def run_training_once(cfg: dict[str, Any]) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     from use_core.data.shapes.gt import pairs_from_shapes_gt, shapes_class_names
-    from use_core.pipeline.train import load_backbones
+    from use_core.model.factory import load_backbones
     from use_core.runtime import seed_everything
     from use_core.train.loop import train_use_model
 

@@ -166,6 +166,6 @@ def test_checks_command_exits_non_zero_so_train_never_runs(project: Params) -> N
     assert "checks failed: nothing downstream runs" in proc.stderr
     # DVC runs train only after checks succeeded: train depends on the checks report
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert stages["checks"]["cmd"].startswith("use checks")
+    assert stages["checks"]["cmd"].startswith("python -m use_core.pipeline checks")
     assert "reports/checks.json" in stages["train"]["deps"]
     assert "data/pairs" in stages["checks"]["deps"]

@@ -210,7 +210,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, models_cache: Path, demo_mo
     from use_core.config import Params
     from use_core.model import USEModelConfig, create_use_model
     from use_core.model.checkpoint import save_use_model
-    from use_core.pipeline.train import load_backbones
+    from use_core.model.factory import load_backbones
     from use_core.tracking.pyfunc import USEPyfunc
 
     tmp = tmp_path_factory.mktemp("pyfunc")

@@ -75,8 +75,8 @@ def test_served_model_returns_unit_embeddings_and_labels(
 ) -> None:
     from use_core.infer.embed import embed_masks
     from use_core.model.checkpoint import load_use_model
+    from use_core.model.factory import load_backbones
     from use_core.ops.rle import decode_rles
-    from use_core.pipeline.train import load_backbones
 
     image, rles = _shapes_request(shapes_small)
     body = _request(["image", "masks"], [[_png_b64(image), json.dumps(rles)]])
