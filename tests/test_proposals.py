@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from use_core.infer.given_masks import label_map_regions, load_user_masks
 from use_core.infer.proposals import (
     best_iou_per_gt,
     generate_proposals,
-    label_map_regions,
-    load_user_masks,
     point_rounds,
     proposal_recall,
 )

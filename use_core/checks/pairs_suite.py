@@ -5,6 +5,9 @@
 ``segments_in_image``), validates it against an expectation suite built with GX 1.x built-in
 expectations, and returns a :class:`ChecksReport` (per expectation: success, unexpected count,
 a few example rows by ``image_id``/``segment_id``), writable as JSON or text.
+
+The suite, its derived columns and its report stay together: each expectation names the
+column it reads, and the report quotes the suite's own wording.
 """
 
 from __future__ import annotations

@@ -40,10 +40,10 @@ from use_core.data.metrics_json import write_metrics_json
 from use_core.eval.datasets import Benchmark, BenchmarkSample, load_benchmark
 from use_core.eval.metrics import SemanticMeter, mask_map
 from use_core.infer.classify import DEFAULT_LOGIT_SCALE, class_text_embeddings
+from use_core.infer.given_masks import label_map_regions
 from use_core.infer.parts import part_predictions, part_vocabulary
 from use_core.infer.predict import predict_segments
 from use_core.infer.proposal_store import ProposalStore, sam_proposal_masks
-from use_core.infer.proposals import label_map_regions
 from use_core.ops.rle import decode_rle
 from use_core.viz import (
     overlay_segmentation,

@@ -11,8 +11,9 @@ from typing import Any
 
 from use_core.data.images import load_rgb
 from use_core.infer.classify import DEFAULT_LOGIT_SCALE
+from use_core.infer.given_masks import load_user_masks
 from use_core.infer.predict import predict_segments
-from use_core.infer.proposals import Proposals, load_user_masks
+from use_core.infer.proposals import Proposals
 from use_core.ops.rle import encode_masks, rle_bbox_xywh
 from use_core.viz import overlay_segmentation
 

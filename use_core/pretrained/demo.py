@@ -19,6 +19,8 @@ captioner   ``LlavaForConditionalGeneration`` +         ``AutoModelForImageTextT
 ==========  ==========================================  ======================================
 
 Their outputs are real outputs of random networks: never a trained model's, never faked.
+
+Its length is the four builders' configs, written as data beside the table above.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ A model that is neither on local disk nor reachable raises :class:`ModelUnavaila
 one sentence saying which, why and how to point ``models.overrides.<role>`` at a local copy.
 In offline mode (``HF_HUB_OFFLINE=1``) hub ids are looked up in the local cache only, so a
 missing model fails in well under a second instead of waiting on network retries.
+
+One loader per kind in one module: they share the load context, the offline rules and the
+error messages above, and the table of loaders is the registry itself.
 """
 
 from __future__ import annotations

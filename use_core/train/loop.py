@@ -19,6 +19,9 @@ Outputs under ``out_dir``::
     epochs.csv               one row per epoch (epoch 0 = untrained head) (DVC plots)
     steps.jsonl              per-step metrics of the default logger
     feature_cache/           cached frozen features (when ``train.feature_cache``)
+
+The module is long because :func:`train_use_model` is one loop read top to bottom (resume,
+epochs, validation, checkpoints, logging); its steps already live in ``use_core.train.*``.
 """
 
 from __future__ import annotations
