@@ -66,13 +66,62 @@ def test_absent_class_is_nan_and_excluded_from_mean() -> None:
     assert out["mIoU"] == pytest.approx((2 / 3 + 1 / 2) / 2 * 100)
 
 
-def test_predicted_but_absent_in_gt_class_has_zero_iou() -> None:
+def test_predicted_but_absent_class_is_left_out_of_miou_and_zero_in_all_classes() -> None:
     gt = np.array([[0, 0]])
     pred = np.array([[0, 2]])
     out = semantic_metrics([pred], [gt], num_classes=3)
-    assert out["IoU"][2] == 0.0
+    assert math.isnan(out["IoU"][2])  # detectron2: absent from the ground truth → NaN
+    assert out["IoU_all_classes"][2] == 0.0  # mmseg / OVSeg: predicted, empty intersection → 0
     assert math.isnan(out["Acc"][2])
-    assert out["mIoU"] == pytest.approx((50.0 + 0.0) / 2)
+    assert out["mIoU"] == pytest.approx(50.0)
+    assert out["mIoU_all_classes"] == pytest.approx((50.0 + 0.0) / 2)
+    assert out["present"] == 1
+
+
+def _detectron2_sem_seg(preds: list, gts: list, k: int, ignore: int) -> dict[str, float]:
+    """detectron2's SemSegEvaluator.evaluate, step by step: confusion indexed [pred, gt] with an
+    extra row/column K for ignored ground truth, sums over the K×K block."""
+    conf = np.zeros((k + 1, k + 1), dtype=np.int64)
+    for pred, gt in zip(preds, gts, strict=True):
+        gt = np.where(gt == ignore, k, gt)
+        flat = np.bincount((k + 1) * pred.reshape(-1) + gt.reshape(-1), minlength=conf.size)
+        conf += flat.reshape(conf.shape)
+    acc = np.full(k, np.nan)
+    iou = np.full(k, np.nan)
+    tp = conf.diagonal()[:-1].astype(float)
+    pos_gt = conf[:-1, :-1].sum(axis=0).astype(float)
+    pos_pred = conf[:-1, :-1].sum(axis=1).astype(float)
+    acc_valid = pos_gt > 0
+    acc[acc_valid] = tp[acc_valid] / pos_gt[acc_valid]
+    union = pos_gt + pos_pred - tp
+    iou_valid = acc_valid & (union > 0)
+    iou[iou_valid] = tp[iou_valid] / union[iou_valid]
+    weights = pos_gt / pos_gt.sum()
+    return {
+        "mIoU": 100 * iou[iou_valid].mean(),
+        "fwIoU": 100 * float(np.sum(iou[iou_valid] * weights[iou_valid])),
+        "mAcc": 100 * acc[acc_valid].mean(),
+        "aAcc": 100 * tp.sum() / pos_gt.sum(),
+    }
+
+
+def test_semantic_metrics_equal_detectron2s_on_maps_with_absent_classes() -> None:
+    rng = np.random.default_rng(3)
+    k, ignore = 12, 255
+    gts = [rng.integers(0, 6, (20, 30)) for _ in range(4)]  # classes 6..11 never in the gt
+    for gt in gts:
+        gt[rng.uniform(size=gt.shape) < 0.1] = ignore
+    noise = [rng.integers(0, k, g.shape) for g in gts]
+    preds = [
+        np.where(rng.uniform(size=g.shape) < 0.6, g, n) for g, n in zip(gts, noise, strict=True)
+    ]
+    preds = [np.where(p == ignore, 0, p) for p in preds]
+    ours = semantic_metrics(preds, gts, num_classes=k, ignore_index=ignore)
+    ref = _detectron2_sem_seg(preds, gts, k, ignore)
+    for key in ("mIoU", "fwIoU", "mAcc", "aAcc"):
+        assert ours[key] == pytest.approx(ref[key]), key
+    assert ours["present"] == 6
+    assert ours["mIoU_all_classes"] < ours["mIoU"]  # predicted-absent classes count as 0 there
 
 
 def test_streaming_equals_one_concatenated_image() -> None:

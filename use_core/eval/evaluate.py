@@ -5,9 +5,11 @@ together with a whole-image segment, classified against the class names (class t
 softmax at the training logit scale) — :func:`use_core.infer.predict.predict_segments`, the
 predict path of ``use segment`` and of the served model —, aggregated into a semantic map
 (:func:`use_core.infer.semantic.semantic_map`) and scored with a streaming
-:class:`SemanticMeter` (mIoU, aAcc, mAcc). Part benchmarks (``shapes_parts``, ``partimagenet``):
-segments are classified over parts + background classes, those whose top class is a part
-become COCO results (:mod:`use_core.infer.parts`), scored with mask mAP@[.5:.95].
+:class:`SemanticMeter` (mIoU over the classes present in the ground truth, as detectron2's
+``SemSegEvaluator``; ``mIoU_all_classes``, aAcc, mAcc, fwIoU). Part benchmarks
+(``shapes_parts``, ``partimagenet``): segments are classified over parts + background classes,
+those whose top class is a part become COCO results (:mod:`use_core.infer.parts`), scored
+with mask mAP@[.5:.95].
 
 Proposal modes (``eval.proposals``): ``sam`` — SAM grid proposals; ``oracle`` — ground-truth
 masks, which isolates the classification quality from SAM's masks:
@@ -38,7 +40,7 @@ from use_core.config import EvalConfig
 from use_core.data.images import load_rgb
 from use_core.data.metrics_json import write_metrics_json
 from use_core.eval.datasets import Benchmark, BenchmarkSample, load_benchmark
-from use_core.eval.metrics import SemanticMeter, mask_map
+from use_core.eval.metrics import SEMANTIC_CONVENTIONS, SemanticMeter, mask_map
 from use_core.infer.classify import DEFAULT_LOGIT_SCALE, class_text_embeddings
 from use_core.infer.given_masks import label_map_regions
 from use_core.infer.parts import part_predictions, part_vocabulary
@@ -116,8 +118,9 @@ def evaluate_benchmark(
       proposal_kwargs: extra arguments of :func:`generate_proposals` (thresholds...).
     Returns:
       the metrics dict written to ``metrics.json``: ``benchmark``, ``task``, ``proposals``,
-      ``images``, ``seconds``, ``segments`` (proposals used), and ``mIoU``/``aAcc``/``mAcc``/
-      ``IoU`` (semantic) or ``mAP``/``mAP50``/``mAP75``/``AP`` (part).
+      ``images``, ``seconds``, ``segments`` (proposals used), and ``mIoU``/``mIoU_all_classes``/
+      ``aAcc``/``mAcc``/``fwIoU``/``IoU``/``present``/``conventions`` (semantic) or
+      ``mAP``/``mAP50``/``mAP75``/``AP`` (part).
     """
     start = time.perf_counter()
     out = Path(out_dir)
@@ -194,7 +197,9 @@ def evaluate_benchmark(
     }
     if meter is not None:
         result = meter.compute()
-        metrics.update({k: result[k] for k in ("mIoU", "aAcc", "mAcc", "IoU", "pixels")})
+        keys = ("mIoU", "mIoU_all_classes", "aAcc", "mAcc", "fwIoU", "IoU", "present", "pixels")
+        metrics.update({k: result[k] for k in keys})
+        metrics["conventions"] = dict(SEMANTIC_CONVENTIONS)
         save_per_class_iou_csv(result, bench.class_names, out / "per_class_iou.csv")
         plot_per_class_iou(
             result, bench.class_names, out / "per_class_iou.png", title=f"{name} ({mode})"

@@ -1,15 +1,23 @@
 """Segmentation metrics: streaming mIoU (paper §4.3) and COCO mask mAP@[.5:.95] (paper §4.4).
 
-Semantic metrics follow the mmsegmentation convention:
+Semantic metrics follow detectron2's ``SemSegEvaluator``, the evaluator behind the numbers the
+paper compares with (SAN, CAT-Seg, ODISE, MaskAdapter report it):
 
 - pixels whose ground truth equals ``ignore_index`` are dropped;
+- ``mIoU`` is the mean IoU over the classes **present in the ground truth**; a class absent
+  from it has IoU NaN (also when it is predicted) and is left out of the mean; ``mAcc`` is the
+  mean per-class accuracy over the same classes, ``aAcc`` the pixel accuracy (detectron2's
+  ``pACC``) and ``fwIoU`` the IoU weighted by each class's ground-truth pixel share;
+- ``mIoU_all_classes`` is the other published convention (mmsegmentation's, OVSeg's): the mean
+  over every class whose union is non-empty, so a class predicted but absent from the ground
+  truth counts as 0. On ADE-847 and PC-459, where many classes are absent from val, the two
+  differ by points;
 - a *prediction* equal to ``ignore_index`` ("no class") on a valid pixel is kept and counts as
-  wrong: it adds to the pixel total (aAcc) and to its ground-truth class's area, never to a
-  predicted class's area;
-- a class whose union is empty (absent from both ground truth and prediction) has IoU NaN and
-  is left out of the mean; a class absent from the ground truth has accuracy NaN.
+  wrong: it adds to the pixel total and to its ground-truth class's area, never to a predicted
+  class's area (detectron2's models always predict a class, so this never happens there).
 
-All percentages are in [0, 100].
+:data:`SEMANTIC_CONVENTIONS` says this per number; the metrics files carry it. All percentages
+are in [0, 100].
 """
 
 from __future__ import annotations
@@ -26,6 +34,14 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+SEMANTIC_CONVENTIONS: dict[str, str] = {
+    "mIoU": "detectron2 SemSegEvaluator: mean IoU over classes present in the ground truth",
+    "mIoU_all_classes": "mmseg/OVSeg: mean IoU over classes with a non-empty union",
+    "mAcc": "detectron2 mACC: mean accuracy over classes present in the ground truth",
+    "aAcc": "detectron2 pACC: correct pixels / ground-truth pixels",
+    "fwIoU": "detectron2 fwIoU: IoU weighted by ground-truth pixel share",
+}
 
 
 class SemanticMeter:
@@ -94,10 +110,13 @@ class SemanticMeter:
     def compute(self) -> dict[str, Any]:
         """Metrics so far.
 
-        Returns a dict with ``mIoU``, ``aAcc``, ``mAcc`` (float percent, NaN when nothing was
-        counted), ``IoU`` and ``Acc`` (per-class lists, percent or NaN), ``confusion`` (K×K nested
-        list, rows = gt), ``unpredicted`` (per-gt-class count of valid pixels predicted as
-        ``ignore_index``), ``pixels`` (valid pixels counted) and ``images``.
+        Returns a dict with ``mIoU``, ``mIoU_all_classes``, ``aAcc``, ``mAcc``, ``fwIoU`` (float
+        percent, NaN when nothing was counted; conventions in the module docstring), ``IoU`` and
+        ``Acc`` (per-class lists, percent, NaN for a class absent from the ground truth),
+        ``IoU_all_classes`` (per class, NaN only when the union is empty), ``confusion`` (K×K
+        nested list, rows = gt), ``unpredicted`` (per-gt-class count of valid pixels predicted
+        as ``ignore_index``), ``present`` (classes in the ground truth), ``pixels`` (valid pixels
+        counted) and ``images``.
         """
         counts = self._counts.astype(np.float64)
         conf = counts[:, : self.num_classes]
@@ -105,18 +124,27 @@ class SemanticMeter:
         gt_area = counts.sum(axis=1)  # includes "no prediction" pixels
         pred_area = conf.sum(axis=0)
         union = gt_area + pred_area - tp
+        present = gt_area > 0
         with np.errstate(invalid="ignore", divide="ignore"):
-            iou = np.where(union > 0, tp / union, np.nan)
-            acc = np.where(gt_area > 0, tp / gt_area, np.nan)
+            iou_all = np.where(union > 0, tp / union, np.nan)
+            iou = np.where(present, iou_all, np.nan)
+            acc = np.where(present, tp / gt_area, np.nan)
         total = gt_area.sum()
+        weights = gt_area / total if total > 0 else np.zeros_like(gt_area)
         return {
             "mIoU": _nanmean_percent(iou),
+            "mIoU_all_classes": _nanmean_percent(iou_all),
             "aAcc": float(tp.sum() / total * 100.0) if total > 0 else float("nan"),
             "mAcc": _nanmean_percent(acc),
+            "fwIoU": float(np.sum(iou[present] * weights[present]) * 100.0)
+            if total > 0
+            else float("nan"),
             "IoU": (iou * 100.0).tolist(),
+            "IoU_all_classes": (iou_all * 100.0).tolist(),
             "Acc": (acc * 100.0).tolist(),
             "confusion": self._counts[:, : self.num_classes].tolist(),
             "unpredicted": self._counts[:, self.num_classes].tolist(),
+            "present": int(present.sum()),
             "pixels": int(total),
             "images": self.images,
         }
@@ -133,7 +161,7 @@ def semantic_metrics(
     num_classes: int,
     ignore_index: int = 255,
 ) -> dict[str, Any]:
-    """mIoU / aAcc / mAcc over paired (H, W) integer label maps, streamed one image at a time.
+    """mIoU, mIoU_all_classes, aAcc, mAcc, fwIoU over paired (H, W) integer label maps, streamed.
 
     ``preds`` and ``gts`` may be generators; they must have the same length. See
     :meth:`SemanticMeter.compute` for the returned keys and the module docstring for conventions.

@@ -88,7 +88,8 @@ def run_eval_stage(
         for k, v in metrics.items()
         if isinstance(v, int | float) and not isinstance(v, bool)
     }
-    write_metrics_json(flat, metrics_path)
+    conventions = {f"{benchmark}_{k}": v for k, v in metrics.get("conventions", {}).items()}
+    write_metrics_json({**flat, "conventions": conventions} if conventions else flat, metrics_path)
     write_per_class_plot(out_dir, per_class_plot)
     if track:
         _track(params, benchmark, flat, out_dir, train_dir)
