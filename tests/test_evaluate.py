@@ -115,7 +115,7 @@ def test_proposal_store_is_shared_and_gives_the_same_metrics(
     corpus: Path, model: USEModel, tmp_path: Path, mobile_sam_checkpoint: Path
 ) -> None:
     from use_core.config import ModelSpec
-    from use_core.infer.proposal_store import ProposalStore
+    from use_core.infer.proposal_store import LazySam, ProposalStore
     from use_core.pretrained.registry import load_spec
 
     spec = ModelSpec(kind="mobile_sam", name="vit_t", pretrained=str(mobile_sam_checkpoint))
@@ -166,6 +166,24 @@ def test_proposal_store_is_shared_and_gives_the_same_metrics(
         proposal_settings=settings,
     )
     assert again["cached_proposals"] == 2 and again["segments"] == direct["segments"]
+
+    def no_sam() -> None:
+        raise AssertionError("SAM loaded although every proposal is cached")
+
+    lazy = LazySam(no_sam)
+    cached_only = evaluate_benchmark(
+        "shapes",
+        corpus,
+        model,
+        lazy,
+        cfg,
+        0.7,
+        tmp_path / "g",
+        show_progress=False,
+        proposal_store=store,
+        proposal_settings=settings,
+    )
+    assert not lazy.loaded and cached_only["mIoU"] == pytest.approx(direct["mIoU"])
     assert again["mIoU"] == pytest.approx(direct["mIoU"]) == pytest.approx(first["mIoU"])
     # another setting is another key: nothing stale is read, and a read-only store stays as is
     with pytest.raises(ValueError, match="not cached"):
@@ -185,11 +203,12 @@ def test_proposal_store_is_shared_and_gives_the_same_metrics(
     # a damaged entry is recomputed, never trusted
     victim = next((tmp_path / "store").glob("*/*.npz"))
     victim.write_bytes(b"not an npz")
+    lazy = LazySam(lambda: sam)
     healed = evaluate_benchmark(
         "shapes",
         corpus,
         model,
-        sam,
+        lazy,
         cfg,
         0.7,
         tmp_path / "f",
@@ -198,3 +217,4 @@ def test_proposal_store_is_shared_and_gives_the_same_metrics(
         proposal_settings=settings,
     )
     assert healed["cached_proposals"] == 1 and healed["mIoU"] == pytest.approx(direct["mIoU"])
+    assert lazy.loaded  # the damaged entry needed SAM

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,23 @@ class ProposalStore:
         return sum(1 for _ in self.root.glob("*/*.npz")) if self.root.exists() else 0
 
 
+class LazySam:
+    """A SAM model loaded on first use: ``evaluate`` loads SAM (2.6 GB for ViT-H) only when a
+    proposal is missing from the store. ``load`` returns the model; ``loaded`` says if it ran."""
+
+    def __init__(self, load: Callable[[], Any]) -> None:
+        self._load = load
+        self._model: Any = None
+        self.loaded = False
+
+    def get(self) -> Any:
+        """The model, loaded by the first call."""
+        if not self.loaded:
+            self._model = self._load()
+            self.loaded = True
+        return self._model
+
+
 def sam_proposal_masks(
     sam: Any,
     image: np.ndarray,
@@ -103,6 +120,7 @@ def sam_proposal_masks(
     """SAM grid proposals of one image, read from / written to ``store`` when given.
 
     ``settings`` identify the SAM model and any setting not in the arguments (part of the key).
+    ``sam`` is a model, a :class:`LazySam` (loaded only on a cache miss) or None (cache only).
     Returns ``(masks (N, H, W) bool, from_cache)``.
     """
     key = None
@@ -119,6 +137,8 @@ def sam_proposal_masks(
         cached = store.get(key)
         if cached is not None and cached.masks.shape[1:] == image.shape[:2]:
             return cached.masks, True
+    if isinstance(sam, LazySam):
+        sam = sam.get()
     if sam is None:
         raise ValueError("SAM proposals are not cached for this image and no SAM model was given")
     props = generate_proposals(sam, image, points_per_side, mask_nms_iou=nms_iou, **proposal_kwargs)

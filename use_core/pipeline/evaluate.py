@@ -58,15 +58,15 @@ def run_eval_stage(
     from use_core.data.metrics_json import write_metrics_json
     from use_core.eval.datasets import benchmark_root
     from use_core.eval.evaluate import evaluate_benchmark
+    from use_core.infer.proposal_store import LazySam, ProposalStore
     from use_core.pipeline.proposals import proposal_settings
+    from use_core.pretrained.registry import load_pretrained
 
     model = load_trained_model(params, train_dir)
-    sam = None
-    if params.eval.proposals == "sam":
-        from use_core.pretrained.registry import load_pretrained
-
-        sam = load_pretrained("sam", params)
-    from use_core.infer.proposal_store import ProposalStore
+    # SAM is loaded only if a proposal is missing from the proposals stage's store
+    sam = (
+        LazySam(lambda: load_pretrained("sam", params)) if params.eval.proposals == "sam" else None
+    )
 
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -83,6 +83,7 @@ def run_eval_stage(
         proposal_store=ProposalStore(proposals_dir, writable=False),
         proposal_settings=proposal_settings(params),
     )
+    metrics["sam_loaded"] = int(isinstance(sam, LazySam) and sam.loaded)
     flat = {
         f"{benchmark}_{k}": v
         for k, v in metrics.items()
