@@ -274,7 +274,7 @@ def test_resume_equals_uninterrupted(
 def test_cached_training_never_runs_a_backbone(
     shapes_small: Path, clip: Any, tmp_path: Path
 ) -> None:
-    params = small_params(feature_cache=True, epochs=1)
+    params = small_params(feature_cache=True, epochs=1, text_cache_dir=str(tmp_path / "text"))
     train = pairs_from_shapes_gt(shapes_small, "train")
     val = pairs_from_shapes_gt(shapes_small, "val")
     calls: list[int] = []
@@ -297,6 +297,8 @@ def test_cached_training_never_runs_a_backbone(
         )
         assert calls == []  # second run: features from the cache only
         assert result.text_cache["misses"] == result.text_cache["size"]
+        # and its texts from the on-disk text store the first run filled
+        assert result.text_cache["disk_hits"] == result.text_cache["size"] > 0
         head_only = small_params(feature_cache=True, epochs=1, use_cls=False, feature_dim=8)
         train_use_model(
             head_only, train, val, shapes_small, tmp_path / "r3", {"clip": clip}, **kwargs

@@ -169,6 +169,10 @@ class TrainConfig(Strict):
         description="train only on texts whose source tag starts with one of these (empty: all)",
     )
     feature_cache: bool = True
+    text_cache_dir: str | None = Field(
+        None,
+        description="folder of on-disk text embeddings per CLIP text tower (None: per run only)",
+    )
     cache_views: int = Field(2, ge=1, le=64)
     cache_batch_views: int = Field(
         2,

@@ -3,7 +3,9 @@
 A text's embedding is the mean of the L2-normalised CLIP embeddings of the text put into each
 template (the paper's four: "a photo of {}", ...), normalised again. Embeddings are cached by
 ``(templates, text)``: every unique expression is encoded once per run; ``hits`` / ``misses``
-count cache use.
+count cache use. With a :class:`~use_core.model.text_store.TextStore` attached (``store``), texts
+are looked up on disk first and what is encoded is stored, so a later run with the same text
+tower encodes only new texts (``disk_hits`` counts them). Long encodings show a progress bar.
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from use_core.config import PAPER_TEXT_TEMPLATES
 from use_core.model.backbones import freeze
+from use_core.model.text_store import TextStore
+
+PROGRESS_MIN_BATCHES = 8  # encodings of fewer forward passes than this show no progress bar
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
@@ -55,6 +61,8 @@ class TextEncoder(nn.Module):
         self.cache: dict[tuple[tuple[str, ...], str], torch.Tensor] = {}
         self.hits = 0
         self.misses = 0
+        self.disk_hits = 0
+        self.store: TextStore | None = None
         self.eval()
 
     @property
@@ -103,23 +111,41 @@ class TextEncoder(nn.Module):
         return len(missing)
 
     def cache_info(self) -> dict[str, int]:
-        """``{"hits", "misses", "size"}`` of the text cache."""
-        return {"hits": self.hits, "misses": self.misses, "size": len(self.cache)}
+        """``{"hits", "misses", "size", "disk_hits"}`` of the text cache."""
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "size": len(self.cache),
+            "disk_hits": self.disk_hits,
+        }
 
     def _templates(self, templates: Sequence[str] | None) -> tuple[str, ...]:
         return tuple(_check_templates(templates) if templates is not None else self.templates)
 
     def _fill(self, texts: list[str], templates: tuple[str, ...]) -> None:
-        """Encode ``texts`` (none cached yet) in the given order and cache them."""
-        if texts:
-            for text, emb in zip(texts, self._encode(texts, templates), strict=True):
-                self.cache[(templates, text)] = emb
+        """Cache ``texts`` (none cached yet): read from the store, encode the rest in order."""
+        if not texts:
+            return
+        stored = self.store.get_many(templates, texts) if self.store is not None else {}
+        for text, emb in stored.items():
+            self.cache[(templates, text)] = emb
+        self.disk_hits += len(stored)
+        todo = [t for t in texts if t not in stored]
+        if not todo:
+            return
+        fresh = dict(zip(todo, self._encode(todo, templates), strict=True))
+        for text, emb in fresh.items():
+            self.cache[(templates, text)] = emb
+        if self.store is not None:
+            self.store.put_many(templates, fresh)
 
     def _encode(self, texts: list[str], templates: tuple[str, ...]) -> torch.Tensor:
         prompts = [tpl.format(t) for t in texts for tpl in templates]
         chunks = []
+        starts = range(0, len(prompts), self.batch_size)
+        quiet = len(starts) < PROGRESS_MIN_BATCHES
         with torch.no_grad():
-            for start in range(0, len(prompts), self.batch_size):
+            for start in tqdm(starts, desc="text embeddings", unit="batch", disable=quiet):
                 tokens = self.tokenizer(prompts[start : start + self.batch_size]).to(self._device)
                 chunks.append(F.normalize(self.clip.encode_text(tokens).float(), dim=-1))
         per_prompt = torch.cat(chunks).view(len(texts), len(templates), -1)

@@ -49,6 +49,7 @@ from use_core.model.config import DEFAULT_GRID, USEModelConfig
 from use_core.model.factory import create_use_model
 from use_core.model.features import FrozenFeatures
 from use_core.model.loss import segment_text_loss
+from use_core.model.text_store import TextStore
 from use_core.model.use_model import USEModel
 from use_core.train.dataset import SegmentTextDataset, rng_for
 from use_core.train.feature_cache import build_feature_cache, cache_key
@@ -204,6 +205,8 @@ def train_use_model(
     model = create_use_model(config, components, seed=cfg.seed).place(
         dev, half_backbones=dev.type == "cuda" and params.runtime.half_precision_on_gpu
     )
+    if cfg.text_cache_dir:
+        model.text_encoder.store = TextStore(cfg.text_cache_dir, model.text_encoder.clip)
     # The run's whole vocabulary, encoded once in a canonical order, so that a text's embedding
     # does not depend on the batch it first appears in (exact resume; TextEncoder.warm).
     model.text_encoder.warm(
