@@ -373,3 +373,21 @@ def test_no_absolute_path_at_all_reaches_mlflow(
     logged = MlflowClient().get_run(run.info.run_id).data
     values = list(logged.params.values()) + list(logged.tags.values())
     assert [v for v in values if "/tmp/" in v or v.startswith("/")] == []
+
+
+def test_override_paths_are_stored_through_the_models_cache(tmp_path: Path) -> None:
+    from use_core.config import ModelSpec, Params
+    from use_core.tracking.pyfunc import portable_params, relocated_weights
+
+    params = Params()
+    params.models.cache_dir = str(tmp_path / "cache")
+    params.models.overrides = {
+        "sam": ModelSpec(kind="sam", name="vit_h", pretrained=str(tmp_path / "cache/sam/h.pth")),
+        "clip": ModelSpec(kind="open_clip", name=f"local-dir:{tmp_path / 'w' / 'clip-l'}"),
+        "dinov2": ModelSpec(kind="hf_dinov2", name="facebook/dinov2-large"),  # a hub id: kept
+    }
+    out = portable_params(params)["models"]["overrides"]
+    assert out["sam"]["pretrained"] == "{cache}/sam/h.pth"
+    assert out["clip"]["name"] == "local-dir:{cache}/clip/clip-l"
+    assert out["dinov2"]["name"] == "facebook/dinov2-large"
+    assert relocated_weights(params) == {"clip.name": "local-dir:{cache}/clip/clip-l"}

@@ -140,3 +140,60 @@ def test_served_model_refuses_bad_input_with_4xx(
         timeout=30,
     )
     assert 400 <= resp.status_code < 500, resp.text
+
+
+@pytest.mark.slow
+def test_a_registered_model_with_outside_weights_loads_from_a_copy_elsewhere(
+    served: dict[str, Any],
+    shapes_small: Path,
+    models_cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A model whose CLIP override is an absolute folder outside the models cache is registered,
+    downloaded, moved to another path and loaded with another cache (as on another machine) in
+    which that folder was put where the config says: it answers as the served champion does."""
+    import shutil
+
+    import mlflow
+    import pandas as pd
+
+    from use_core.config import ModelSpec
+    from use_core.tracking.pyfunc import log_use_model
+
+    weights = tmp_path / "machine1" / "weights" / "my-clip"
+    shutil.copytree(models_cache / "demo" / "clip", weights)
+    params = served["params"].model_copy(deep=True)
+    params.models.overrides["clip"] = ModelSpec(kind="open_clip", name=f"local-dir:{weights}")
+    mlflow.set_tracking_uri(params.runtime.tracking_uri)
+    mlflow.set_experiment("portable")
+    with mlflow.start_run():
+        uri = log_use_model(served["train_dir"] / "model", params)
+    version = mlflow.register_model(uri, "use-portable-test").version
+    copy = mlflow.artifacts.download_artifacts(
+        f"models:/use-portable-test/{version}", dst_path=str(tmp_path / "machine1" / "download")
+    )
+    config = json.loads((Path(copy) / "artifacts" / "use_pyfunc.json").read_text())
+    assert str(tmp_path) not in json.dumps(config)
+    assert config["relocated_weights"] == {"clip.name": "local-dir:{cache}/clip/my-clip"}
+
+    moved = shutil.move(copy, tmp_path / "machine2" / "model")
+    shutil.rmtree(tmp_path / "machine1")
+    cache2 = tmp_path / "machine2" / "cache"
+    shutil.copytree(models_cache / "demo" / "clip", cache2 / "clip" / "my-clip")
+    for entry in models_cache.iterdir():  # the profile's other models, as that machine has them
+        (cache2 / entry.name).symlink_to(entry)
+    monkeypatch.setenv("USE_MODELS_CACHE", str(cache2))
+    image, rles = _shapes_request(shapes_small)
+    vocab = "red diamond,blue circle,green square"
+    frame = pd.DataFrame(
+        {"image": [_png_b64(image)], "vocab": [vocab], "masks": [json.dumps(rles)]}
+    )
+    got = mlflow.pyfunc.load_model(str(moved)).predict(frame)
+
+    body = _request(["image", "vocab", "masks"], [[_png_b64(image), vocab, json.dumps(rles)]])
+    resp = requests.post(f"{served['url']}/invocations", json=body, timeout=60)
+    assert resp.status_code == 200, resp.text
+    champion = resp.json()["predictions"]
+    assert list(got["label"]) == [r["label"] for r in champion]
+    np.testing.assert_allclose(got["score"], [r["score"] for r in champion], atol=1e-6)

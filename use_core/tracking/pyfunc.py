@@ -13,7 +13,10 @@ server answers with HTTP 400.
 
 The artifact holds only the trained head (safetensors) and a JSON config naming the backbones as
 registry specs; the frozen backbones are loaded through the model registry at load time (set
-``USE_MODELS_CACHE`` to where the models live when serving from another folder).
+``USE_MODELS_CACHE`` to where the models live when serving from another folder). No absolute
+path is stored: weights named by ``models.overrides`` are referenced through ``{cache}``, and
+those that lived outside the cache are listed under ``relocated_weights`` in the config with the
+place in the cache where the loading machine must put them.
 """
 
 from __future__ import annotations
@@ -202,9 +205,31 @@ def input_example() -> pd.DataFrame:
     )
 
 
+LOCAL_DIR = "local-dir:"  # open_clip's prefix of a local model folder
+
+
+def _portable_path(value: str | None, cache: Path, role: str) -> tuple[str | None, bool]:
+    """``value`` with an absolute path made relative to the models cache: ``{cache}/<rel>``
+    inside it, ``{cache}/<role>/<file name>`` outside it (the file must be put there on the
+    machine that loads the model). Returns ``(value, relocated)``; other values are kept."""
+    if value is None:
+        return None, False
+    prefix = LOCAL_DIR if value.startswith(LOCAL_DIR) else ""
+    path = value[len(prefix) :]
+    if "{cache}" in path or not Path(path).is_absolute():
+        return value, False
+    resolved = Path(path).resolve()
+    try:
+        return f"{prefix}{{cache}}/{resolved.relative_to(cache).as_posix()}", False
+    except ValueError:
+        return f"{prefix}{{cache}}/{role}/{resolved.name}", True
+
+
 def portable_params(params: Params) -> dict[str, Any]:
     """Params for the artifact with no absolute path: the model cache relative to the working
-    directory when inside it (else the default, overridable with ``USE_MODELS_CACHE``)."""
+    directory when inside it (else the default, overridable with ``USE_MODELS_CACHE``), and
+    ``models.overrides`` paths through ``{cache}`` (:func:`relocated_weights` lists those that
+    must be copied into the cache of the machine that loads the model)."""
     out = params.model_copy(deep=True)
     out.data.root = "data"
     # not used when serving, and may name local files: back to the (relative) defaults
@@ -217,7 +242,23 @@ def portable_params(params: Params) -> dict[str, Any]:
             out.models.cache_dir = cache.resolve().relative_to(Path.cwd().resolve()).as_posix()
         except ValueError:
             out.models.cache_dir = ".cache/models"
+    original_cache = Path(params.models.cache_dir).expanduser().resolve()
+    for role, spec in out.models.overrides.items():
+        spec.name = _portable_path(spec.name, original_cache, role)[0] or spec.name
+        spec.pretrained = _portable_path(spec.pretrained, original_cache, role)[0]
     return out.model_dump(mode="json")
+
+
+def relocated_weights(params: Params) -> dict[str, str]:
+    """``"<role>.<field>" → "{cache}/<role>/<file>"`` for override paths outside the cache."""
+    cache = Path(params.models.cache_dir).expanduser().resolve()
+    moved: dict[str, str] = {}
+    for role, spec in params.models.overrides.items():
+        for field in ("name", "pretrained"):
+            value, relocated = _portable_path(getattr(spec, field), cache, role)
+            if relocated and value is not None:
+                moved[f"{role}.{field}"] = value
+    return moved
 
 
 def signature() -> Any:
@@ -252,7 +293,8 @@ def log_use_model(model_dir: Path, params: Params, name: str = "model") -> str:
 
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "use_pyfunc.json"
-        config.write_text(json.dumps({"params": portable_params(params)}, indent=2))
+        doc = {"params": portable_params(params), "relocated_weights": relocated_weights(params)}
+        config.write_text(json.dumps(doc, indent=2))
         info = mlflow.pyfunc.log_model(
             name=name,
             python_model=USEPyfunc(),
