@@ -14,7 +14,7 @@ The Parquet schema metadata holds ``root`` (where image paths are relative to, i
 ``embed_dim``. Segments come either from a pairs table (the curated segments of the corpus) or
 from SAM proposals over an image folder. :func:`search` ranks segments by cosine similarity
 between the text embedding (the model's training templates) and the segment embeddings: exact
-inner product with numpy, or a FAISS ``IndexFlatIP`` when ``faiss`` is importable.
+inner product with a FAISS ``IndexFlatIP``.
 """
 
 from __future__ import annotations
@@ -221,19 +221,16 @@ def load_index(path: str | Path, root: str | Path | None = None) -> SegmentIndex
 
 def _top_k(index: SegmentIndex, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores, rows) of the ``k`` best segments for a unit-norm ``(E,)`` query."""
-    try:  # optional accelerator for big collections; not a dependency
-        import faiss  # type: ignore[import-not-found]
-    except ImportError:
-        faiss = None
-    if faiss is not None:
-        if index._faiss is None:
-            index._faiss = faiss.IndexFlatIP(index.embeddings.shape[1])
-            index._faiss.add(np.ascontiguousarray(index.embeddings))
-        scores, rows = index._faiss.search(query[None].astype(np.float32), k)
-        return scores[0], rows[0]
-    scores = index.embeddings @ query
-    rows = np.argsort(-scores, kind="stable")[:k]
-    return scores[rows], rows
+    import faiss
+
+    if index._faiss is None:
+        index._faiss = faiss.IndexFlatIP(index.embeddings.shape[1])
+        index._faiss.add(np.ascontiguousarray(index.embeddings))
+    k = min(k, int(index.embeddings.shape[0]))
+    if k <= 0:
+        return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
+    scores, rows = index._faiss.search(query[None].astype(np.float32), k)
+    return scores[0], rows[0]
 
 
 def search(
