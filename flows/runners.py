@@ -54,6 +54,50 @@ def local_cluster(retain_freed_memory: bool = True, **cluster_kwargs: Any) -> An
                 os.environ[key] = value
 
 
+def _dask_env_name(key: str) -> str:
+    """Dask's environment-variable name of a config key (``DASK_`` + ``__`` between levels)."""
+    return "DASK_" + key.upper().replace(".", "__").replace("-", "_")
+
+
+def worker_environment(retain_freed_memory: bool = True) -> dict[str, str]:
+    """Environment of a ``dask worker`` process that works as the project's LocalCluster workers:
+    :data:`QUIET_WORKER_CONFIG` as ``DASK_*`` variables, and with ``retain_freed_memory`` the
+    malloc settings of :func:`use_core.malloc.malloc_env`, set on the process and handed to the
+    worker its nanny spawns (``distributed.nanny.pre-spawn-environ``, whose own default would
+    undo them)."""
+    import dask
+
+    from use_core.malloc import malloc_env
+
+    env = {
+        _dask_env_name(k): v if isinstance(v, str) else repr(v)
+        for k, v in QUIET_WORKER_CONFIG.items()
+    }
+    if retain_freed_memory:
+        spawn = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **malloc_env()}
+        env[_dask_env_name("distributed.nanny.pre-spawn-environ")] = repr(spawn)
+        env.update(malloc_env())
+    return env
+
+
+def worker_command(address: str, nworkers: int = 1, memory_limit: str = "auto") -> list[str]:
+    """``dask worker`` for a curation worker joining the scheduler at ``address``: one thread
+    per worker process (the stages parallelise over processes); run it with
+    :func:`worker_environment` (``use dask-worker`` does both)."""
+    return [
+        "dask",
+        "worker",
+        address,
+        "--nworkers",
+        str(nworkers),
+        "--nthreads",
+        "1",
+        "--memory-limit",
+        memory_limit,
+        "--no-dashboard",
+    ]  # the preload (flows.worker_setup) comes with worker_environment's config
+
+
 def make_task_runner(runtime: RuntimeConfig) -> Any:
     """threads (default) | dask (LocalCluster, or an existing cluster's address) | ray (extra)."""
     if runtime.task_runner == "threads":

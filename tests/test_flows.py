@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -174,3 +176,119 @@ def test_pipeline_flow_runs_every_stage_of_the_table_in_order(
     assert order == names, ran
     shards = {s: sum(n.startswith(f"{s}-shard-") for n in ran) for s in SHARD_STAGES}
     assert min(shards.values()) == max(shards.values()) >= 2, shards  # every shard, each stage
+
+
+def _start(argv: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> Any:
+    return subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+@pytest.mark.slow
+def test_curation_on_a_running_dask_cluster_survives_a_killed_worker(
+    tmp_path: Path,
+    models_cache: Path,
+    demo_models: dict,
+    mobile_sam_checkpoint: Path,
+    prefect_server,
+) -> None:
+    """`dask scheduler` and two `use dask-worker` processes on 127.0.0.1; the curation flow runs
+    on them through runtime.dask_address while one worker is SIGKILLed in the middle of a shard
+    (once the masks stage has begun): the scheduler reruns that shard elsewhere and the pairs
+    equal the threads runner's (nothing lost, nothing duplicated)."""
+    import json
+    import signal
+    import threading
+    import time
+
+    from distributed import Client
+
+    from flows.curation import curation_flow_with_runner
+    from use_core.config import load_params
+    from use_core.pipeline.shards import store_for
+
+    threads = _project(tmp_path, models_cache, "threads")
+    curation_flow_with_runner(str(threads), metrics_path=str(tmp_path / "m.json"))
+    expected = _pairs(tmp_path)
+    shutil.rmtree(tmp_path / "data" / "curation")
+    shutil.rmtree(tmp_path / "data" / "pairs")
+
+    bin_dir = Path(sys.executable).parent
+    scheduler_file = tmp_path / "scheduler.json"
+    scheduler = _start(
+        [str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0"]
+        + ["--no-dashboard", "--scheduler-file", str(scheduler_file)],
+        tmp_path,
+        tmp_path / "scheduler.log",
+    )
+    procs = [scheduler]
+    try:
+        for _ in range(300):
+            if scheduler_file.exists() and scheduler_file.stat().st_size:
+                break
+            time.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        for i in range(2):  # as a user starts them on each machine
+            procs.append(
+                _start(
+                    [str(bin_dir / "use"), "dask-worker", address, "-p", str(threads)],
+                    tmp_path,
+                    tmp_path / f"worker{i}.log",
+                    {"OMP_NUM_THREADS": "1", "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+                )
+            )
+        client = Client(address, timeout=60)
+        client.wait_for_workers(2, timeout=120)
+        # the workers run with the LocalCluster workers' settings
+        env = client.run(lambda: {k: os.environ.get(k) for k in ("MALLOC_ARENA_MAX",)})
+        assert all(v["MALLOC_ARENA_MAX"] == "1" for v in env.values()), env
+
+        params_path = tmp_path / "params-cluster.yaml"
+        doc = yaml.safe_load(threads.read_text())
+        doc["runtime"] = {"task_runner": "dask", "dask_address": address}
+        params_path.write_text(yaml.safe_dump(doc))
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["result"] = curation_flow_with_runner(
+                    str(params_path), metrics_path=str(tmp_path / "m2.json")
+                )
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                outcome["error"] = exc
+
+        flow = threading.Thread(target=run)
+        flow.start()
+        masks_store = store_for("masks", load_params(params_path))
+        killed: list[str] = []
+        deadline = time.monotonic() + 600
+        while flow.is_alive() and not killed and time.monotonic() < deadline:
+            busy = {w: keys for w, keys in client.processing().items() if keys}
+            if busy and masks_store.dir.exists() and any(masks_store.dir.glob("*.parquet")):
+                worker, keys = next(iter(busy.items()))
+                pid = client.run(os.getpid, workers=[worker])[worker]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(str(keys[0]))
+            time.sleep(0.2)
+        flow.join(timeout=900)
+        assert not flow.is_alive(), "the flow did not finish"
+        assert "error" not in outcome, outcome.get("error")
+        assert killed, "no worker was busy in the masks or nms stage"
+        got = _pairs(tmp_path)
+        assert not got.duplicated(["image_id", "segment_id"]).any()
+        pd.testing.assert_frame_equal(expected, got)
+        client.close()
+    finally:
+        for proc in reversed(procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)

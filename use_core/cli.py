@@ -12,6 +12,8 @@ serve); each command body is a few lines, so splitting it would only scatter the
 from __future__ import annotations
 
 import json
+import os
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -385,6 +387,28 @@ def _import_flows() -> Any:
             raise
         raise _fail("the Prefect flows (flows/) are not installed here", code=1) from None
     return deploy
+
+
+@app.command("dask-worker")
+def dask_worker_cmd(
+    address: Annotated[str, typer.Argument(help="the scheduler, e.g. tcp://10.0.0.5:8786")],
+    params: ParamsOpt = Path("params.yaml"),
+    nworkers: Annotated[int, typer.Option(help="worker processes on this machine")] = 1,
+    memory_limit: Annotated[str, typer.Option(help="per worker process")] = "auto",
+    dry_run: Annotated[bool, typer.Option(help="print the command and environment")] = False,
+) -> None:
+    """Join a Dask cluster as curation workers set up like the flow's own LocalCluster workers."""
+    _import_flows()
+    from flows.runners import worker_command, worker_environment
+
+    p = get_params(params, None)
+    env = worker_environment(p.runtime.retain_freed_memory)
+    argv = worker_command(address, nworkers, memory_limit)
+    if dry_run:
+        typer.echo(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()))
+        typer.echo(" ".join(argv))
+        return
+    os.execvpe(argv[0], argv, {**os.environ, **env})  # noqa: S606 - the dask CLI, by design
 
 
 @app.command("schedule")
