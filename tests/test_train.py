@@ -346,3 +346,28 @@ def test_cache_batch_views_sets_the_backbone_batch(
         for x, y in zip(a.frozen.levels[0], b.frozen.levels[0], strict=True):
             torch.testing.assert_close(x.float(), y.float(), atol=2e-3, rtol=1e-3)
         assert torch.equal(a.weights, b.weights) and np.array_equal(a.rows, b.rows)
+
+
+def test_a_feature_cache_over_its_limit_is_refused_with_both_sizes(
+    shapes_small: Path, clip: Any, tmp_path: Path
+) -> None:
+    from use_core.train.feature_cache import FeatureCacheTooLarge, check_cache_space
+
+    params = small_params(feature_cache=True, epochs=1, cache_max_gb=1e-6)  # 1 kB
+    train = pairs_from_shapes_gt(shapes_small, "train")
+    with pytest.raises(FeatureCacheTooLarge, match=r"train.cache_max_gb 0.0 GB.*feature_cache"):
+        train_use_model(
+            params,
+            train,
+            None,
+            shapes_small,
+            tmp_path / "run",
+            {"clip": clip},
+            grid_size=GRID,
+            show_progress=False,
+            cache_dir=tmp_path / "cache",
+        )
+    assert not list((tmp_path / "cache").rglob("shard_*.safetensors"))  # nothing written
+    with pytest.raises(FeatureCacheTooLarge, match="free"):  # larger than the disk
+        check_cache_space(tmp_path, 10**18, None)
+    check_cache_space(tmp_path, 10**3, None)  # a small one passes

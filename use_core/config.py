@@ -169,6 +169,11 @@ class TrainConfig(Strict):
         description="train only on texts whose source tag starts with one of these (empty: all)",
     )
     feature_cache: bool = True
+    cache_max_gb: float | None = Field(
+        200.0,
+        gt=0,
+        description="refuse a feature cache estimated larger than this (None: disk space only)",
+    )
     text_cache_dir: str | None = Field(
         None,
         description="folder of on-disk text embeddings per CLIP text tower (None: per run only)",

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -65,6 +66,26 @@ def estimate_bytes(model: USEModel, num_images: int, views: int, num_segments: i
     cls = sum(b.cls_dim for b in model.backbone_list)
     per_view = 2 * (channels * cells + cls)
     return views * (num_images * per_view + num_segments * (4 * cells + 8))
+
+
+class FeatureCacheTooLarge(ValueError):
+    """A feature cache that would exceed ``train.cache_max_gb`` or the free space of its disk."""
+
+
+def check_cache_space(root: Path, estimate: int, max_bytes: int | None) -> None:
+    """Refuse (:class:`FeatureCacheTooLarge`) a cache of ``estimate`` bytes at ``root`` larger
+    than ``max_bytes`` or than the free space of ``root``'s disk (shards already written there
+    count as space the cache has)."""
+    written = sum(p.stat().st_size for p in root.glob("shard_*.safetensors"))
+    free = shutil.disk_usage(root).free + written
+    limit = "" if max_bytes is None else f", train.cache_max_gb {max_bytes / 1e9:.1f} GB"
+    if (max_bytes is not None and estimate > max_bytes) or estimate > free:
+        raise FeatureCacheTooLarge(
+            f"the feature cache at {root} would take about {estimate / 1e9:.1f} GB (estimate) "
+            f"and its disk has {free / 1e9:.1f} GB free{limit}: set train.feature_cache: false "
+            "to recompute the frozen features every step, or raise train.cache_max_gb / point "
+            "the cache at a larger disk"
+        )
 
 
 class FeatureCache:
@@ -134,6 +155,7 @@ def build_feature_cache(
     shard_images: int = 8,
     batch_views: int = 2,
     show_progress: bool = True,
+    max_bytes: int | None = None,
 ) -> FeatureCache:
     """Open the cache at ``root`` if it holds ``key``, else (re)build it, resuming shard-wise.
 
@@ -143,6 +165,8 @@ def build_feature_cache(
       shard_images: images per shard file.
       batch_views: views per backbone forward pass (``train.cache_batch_views``). On a CPU
         this batch's activations are the train stage's memory peak.
+      max_bytes: refuse to build a cache estimated larger (``train.cache_max_gb``); a cache is
+        also refused when its estimate exceeds the free disk space (:func:`check_cache_space`).
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -165,6 +189,7 @@ def build_feature_cache(
     num_shards = -(-len(dataset) // shard_images)
     todo = [s for s in range(num_shards) if not cache.shard_path(s).exists()]
     if todo:
+        check_cache_space(root, manifest["estimate_bytes"], max_bytes)
         msg = (
             f"feature cache: {len(dataset)} images x {views} views, estimated "
             f"{manifest['estimate_bytes'] / 2**20:.1f} MiB (fp16) -> {root}"

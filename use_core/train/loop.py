@@ -285,6 +285,7 @@ def train_use_model(
             ),
             batch_views=cfg.cache_batch_views,
             show_progress=show_progress,
+            max_bytes=_cache_max_bytes(cfg.cache_max_gb),
         )
     else:
         live_views = augmented_view_maker(
@@ -298,6 +299,7 @@ def train_use_model(
         spec_json,
         show_progress,
         cfg.cache_batch_views,
+        _cache_max_bytes(cfg.cache_max_gb),
     )
 
     # The cache build's backbone batches were this stage's largest allocations; glibc keeps
@@ -407,6 +409,10 @@ def train_use_model(
     )
 
 
+def _cache_max_bytes(max_gb: float | None) -> int | None:
+    return None if max_gb is None else int(max_gb * 1e9)
+
+
 def frozen_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a model spec that decides the frozen features (the feature cache key).
 
@@ -424,6 +430,7 @@ def _validation_views(
     spec_json: dict[str, Any],
     show_progress: bool,
     batch_views: int,
+    max_bytes: int | None = None,
 ) -> list[ViewFeatures]:
     """Frozen features of every validation image (un-augmented), computed once per run."""
     if val_ds is None:
@@ -440,6 +447,7 @@ def _validation_views(
             maker,
             batch_views=batch_views,
             show_progress=show_progress,
+            max_bytes=max_bytes,
         )
         return [cache.get(i, 0) for i in range(len(val_ds))]
     views = []
