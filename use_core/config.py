@@ -192,13 +192,43 @@ class TrainConfig(Strict):
         return self
 
 
+class BenchmarkEntry(Strict):
+    """One ``eval.benchmarks`` entry written as a mapping: a benchmark with its own folder."""
+
+    name: str = Field(min_length=1)
+    root: str | None = None  # the benchmark folder (or a data root above it); None: data.root
+    label_order: Literal["ovseg", "detail"] | None = None  # PC-59 where the layout is ambiguous
+
+
 class EvalConfig(Strict):
-    benchmarks: list[str] = Field(default_factory=lambda: ["shapes", "shapes_parts"])
+    benchmarks: list[str | BenchmarkEntry] = Field(
+        default_factory=lambda: list[str | BenchmarkEntry](["shapes", "shapes_parts"])
+    )
     points_per_side: int = Field(16, ge=1, le=128)
     proposals: Literal["sam", "oracle"] = "sam"
     class_templates: list[str] = Field(default_factory=lambda: list(CLASS_TEMPLATES))
     max_images: int | None = Field(None, ge=1)
     num_overlays: int = Field(4, ge=0)
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _unique_benchmarks(cls, v: list[str | BenchmarkEntry]) -> list[str | BenchmarkEntry]:
+        names = [e if isinstance(e, str) else e.name for e in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each benchmark at most once, got {names}")
+        return v
+
+    @property
+    def benchmark_names(self) -> list[str]:
+        """The names of ``benchmarks`` in order."""
+        return [e if isinstance(e, str) else e.name for e in self.benchmarks]
+
+    def benchmark_entry(self, name: str) -> BenchmarkEntry:
+        """Entry ``name`` of ``benchmarks`` as a :class:`BenchmarkEntry` (bare names: no root)."""
+        for e in self.benchmarks:
+            if (e if isinstance(e, str) else e.name) == name:
+                return BenchmarkEntry(name=name) if isinstance(e, str) else e
+        return BenchmarkEntry(name=name)
 
 
 class RegisterConfig(Strict):
