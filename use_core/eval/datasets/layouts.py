@@ -325,8 +325,13 @@ def resolve_layout(name: str, root: str | Path, label_order: str | None = None) 
                 found.append(Resolved(lay, spec, base))
                 break
     if not found:
+        looked = "; ".join(
+            f"{lay.name}: {lay.folders[0]}/{{{lay.spec.images}, "
+            f"{' | '.join(lay.annotations) or lay.spec.labels or lay.spec.annotations}}}"
+            for lay in layouts
+        )
         raise BenchmarkLayoutError(
-            f"benchmark {name!r}: no known layout under {root}.\n"
+            f"benchmark {name!r}: no known layout under {root} (looked for {looked}).\n"
             f"Expected layout (one of):\n{_expected(name)}"
         )
     trees = {(r.base, r.spec.images, r.spec.labels or r.spec.annotations) for r in found}
