@@ -351,3 +351,12 @@ def test_eval_benchmarks_entries() -> None:
         EvalConfig(benchmarks=["shapes", {"name": "shapes"}])
     with pytest.raises(ValueError):
         EvalConfig(benchmarks=[{"name": "pc59", "label_order": "alphabetical"}])
+    # the DVC-friendly spelling: bare names plus settings keyed by name
+    dvc = EvalConfig(benchmarks=["pc59"], roots={"pc59": "/p"}, label_orders={"pc59": "detail"})
+    assert dvc.benchmark_entry("pc59").model_dump() == {
+        "name": "pc59",
+        "root": "/p",
+        "label_order": "detail",
+    }
+    with pytest.raises(ValueError, match="roots: \\['ade847'\\] not in benchmarks"):
+        EvalConfig(benchmarks=["pc59"], roots={"ade847": "/a"})

@@ -209,6 +209,10 @@ class EvalConfig(Strict):
     class_templates: list[str] = Field(default_factory=lambda: list(CLASS_TEMPLATES))
     max_images: int | None = Field(None, ge=1)
     num_overlays: int = Field(4, ge=0)
+    # the same per-benchmark settings keyed by name, for `dvc repro`: DVC's foreach puts
+    # ${item} in output paths, which it cannot do for a mapping entry of `benchmarks`
+    roots: dict[str, str] = Field(default_factory=dict)
+    label_orders: dict[str, Literal["ovseg", "detail"]] = Field(default_factory=dict)
 
     @field_validator("benchmarks")
     @classmethod
@@ -218,17 +222,31 @@ class EvalConfig(Strict):
             raise ValueError(f"each benchmark at most once, got {names}")
         return v
 
+    @model_validator(mode="after")
+    def _known_keys(self) -> EvalConfig:
+        for field in ("roots", "label_orders"):
+            unknown = sorted(set(getattr(self, field)) - set(self.benchmark_names))
+            if unknown:
+                raise ValueError(f"{field}: {unknown} not in benchmarks {self.benchmark_names}")
+        return self
+
     @property
     def benchmark_names(self) -> list[str]:
         """The names of ``benchmarks`` in order."""
         return [e if isinstance(e, str) else e.name for e in self.benchmarks]
 
     def benchmark_entry(self, name: str) -> BenchmarkEntry:
-        """Entry ``name`` of ``benchmarks`` as a :class:`BenchmarkEntry` (bare names: no root)."""
+        """Entry ``name`` of ``benchmarks`` as a :class:`BenchmarkEntry`: a mapping entry's
+        ``root`` / ``label_order``, else those of ``roots`` / ``label_orders`` (else None)."""
+        entry = BenchmarkEntry(name=name)
         for e in self.benchmarks:
-            if (e if isinstance(e, str) else e.name) == name:
-                return BenchmarkEntry(name=name) if isinstance(e, str) else e
-        return BenchmarkEntry(name=name)
+            if not isinstance(e, str) and e.name == name:
+                entry = e
+        return BenchmarkEntry(
+            name=name,
+            root=entry.root if entry.root is not None else self.roots.get(name),
+            label_order=entry.label_order or self.label_orders.get(name),
+        )
 
 
 class RegisterConfig(Strict):
