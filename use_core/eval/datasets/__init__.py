@@ -6,14 +6,13 @@ turns it into an ``(H, W)`` ``int32`` map with values ``0..K-1`` or ``benchmark.
 For *part* benchmarks ``gt`` is the image's list of COCO annotation dicts and
 ``benchmark.coco_gt`` the whole COCO document (for :func:`use_core.eval.metrics.mask_map`).
 
-Each benchmark is one :class:`BenchmarkSpec` row of :data:`BENCHMARKS` (:mod:`.spec`): its folder
-under the data root, image / label folders and suffixes (or the COCO file), the label encoding
-and a class source; :func:`load_benchmark` reads any row (:mod:`.loader`). A new layout of a
-known kind is a new row. ``BENCHMARKS[name].layout`` renders a row's expected tree (errors
-quote it); the rows below are the reference for each layout's folders, suffixes and encoding.
-
-Each benchmark has one or more community layouts (:data:`LAYOUTS`, :mod:`.layouts`), recognised
-by folder names; :data:`BENCHMARKS` holds each one's default layout.
+Each benchmark has one or more community layouts, the :class:`Layout` rows of :data:`LAYOUTS`
+(:mod:`.layouts`): the folder names a preparation script writes, and a :class:`BenchmarkSpec`
+(:mod:`.spec`) with the image / label folders and suffixes (or the COCO file), the label encoding
+and a class source. :func:`load_benchmark` recognises the layout under a root by its folders
+(:func:`resolve_layout`) and reads it with the one generic loader (:mod:`.loader`); a new
+preparation of a known benchmark is a new row. :data:`BENCHMARKS` holds each benchmark's default
+layout; ``spec.layout`` renders a row's expected tree (errors quote it).
 
 Shipped class lists (``use_core/resources/*.txt``, each naming its source in a ``#`` header):
 ADE-150, ADE-847, PC-59 in OVSeg's and in the Detail-API order, PC-459, the 91 COCO-stuff stuff
