@@ -37,4 +37,4 @@ def foreach_items(spec: StageSpec, params: Params) -> list[str]:
     value: Any = params
     for part in (spec.foreach or "").split("."):
         value = getattr(value, part)
-    return [str(v) for v in value]
+    return [v if isinstance(v, str) else str(getattr(v, "name", v)) for v in value]

@@ -42,7 +42,7 @@ def _write_label(path: Path, arr: np.ndarray) -> None:
 def test_shipped_class_lists() -> None:
     ade = load_class_names("ade20k_150")
     assert len(ade) == 150 and ade[0] == "wall" and ade[-1] == "flag"
-    pc = load_class_names("pascal_context_59")
+    pc = load_class_names("pascal_context_59_detail")
     assert len(pc) == 59 and pc[0] == "aeroplane" and pc[-1] == "wood"
     stuff = load_class_names("coco_stuff_91")
     assert len(stuff) == 91 and stuff[0] == "banner" and stuff[-1] == "wood"
@@ -88,10 +88,7 @@ def test_ade847_uint16_tiff(tmp_path: Path) -> None:
         lab = RNG.integers(0, 847, size=(12, 16)).astype(np.uint16)
         lab[0, 0], lab[0, 1] = 65535, 846
         _write_label(root / "annotations_detectron2" / "validation" / f"{stem}.tif", lab)
-    with pytest.raises(BenchmarkLayoutError, match="ade847_classes.txt"):
-        load_benchmark("ade847", root)
-    (root / "ade847_classes.txt").write_text("\n".join(f"class {i}" for i in range(847)))
-    bench = load_benchmark("ade847", root)
+    bench = load_benchmark("ade847", root)  # the 847 names are shipped
     assert len(bench) == 2 and bench.num_classes == 847 and bench.ignore_index == 65535
     label = bench.read_label(bench.samples[0])
     assert label[0, 0] == 65535 and label[0, 1] == 846 and label.max() == 65535
@@ -106,14 +103,14 @@ def test_pc59_uses_annotation_files_as_val_set(tmp_path: Path) -> None:
         lab = RNG.integers(0, 59, size=(12, 16)).astype(np.uint8)
         lab[1, 1] = 255
         _write_label(root / "annotations_detectron2" / "pc59_val" / f"{stem}.png", lab)
-    bench = load_benchmark("pc59", root)
+    bench = load_benchmark("pc59", root, label_order="detail")
     assert [s.meta["stem"] for s in bench] == ["2008_000001", "2008_000003"]
     assert bench.class_names[0] == "aeroplane" and bench.num_classes == 59
     label = bench.read_label(bench.samples[1])
     assert label[1, 1] == 255 and label[label != 255].max() < 59
 
 
-def test_pc459_reads_numbered_labels_txt(tmp_path: Path) -> None:
+def test_pc459_class_names_can_be_given(tmp_path: Path) -> None:
     root = tmp_path / "VOCdevkit" / "VOC2010"
     for stem in ("2008_000001", "2008_000002"):
         _write_image(root / "JPEGImages" / f"{stem}.jpg")
@@ -123,8 +120,10 @@ def test_pc459_reads_numbered_labels_txt(tmp_path: Path) -> None:
     # numbered like the dataset's labels.txt, deliberately written out of order
     lines = [f"{i}: name{i}" for i in range(459, 0, -1)]
     (root / "labels.txt").write_text("\n".join(lines))
-    bench = load_benchmark("pc459", root)
+    names = read_class_names_file(root / "labels.txt", expected=459)
+    bench = load_benchmark("pc459", root, class_names=names)
     assert bench.class_names[0] == "name1" and bench.class_names[-1] == "name459"
+    assert load_benchmark("pc459", root).class_names[2] == "air conditioner"  # shipped
     assert bench.read_label(bench.samples[0])[2, 2] == 65535
 
 
@@ -175,8 +174,8 @@ def _partimagenet_tree(root: Path) -> dict:
             {"id": i, "name": n, "supercategory": n.split(" ")[0]} for i, n in enumerate(names)
         ],
     }
-    (root / "annotations").mkdir(parents=True)
-    (root / "annotations" / "val.json").write_text(json.dumps(coco))
+    (root / "annotations" / "val").mkdir(parents=True)
+    (root / "annotations" / "val" / "val.json").write_text(json.dumps(coco))
     return coco
 
 
@@ -269,7 +268,7 @@ def test_rgb_label_map_is_rejected(tmp_path: Path) -> None:
     root = tmp_path / "VOCdevkit" / "VOC2010"
     _write_image(root / "JPEGImages" / "x.jpg")
     _write_image(root / "annotations_detectron2" / "pc59_val" / "x.png")  # RGB, not labels
-    bench = load_benchmark("pc59", root)
+    bench = load_benchmark("pc59", root, label_order="ovseg")
     with pytest.raises(ValueError, match="single-channel"):
         bench.read_label(bench.samples[0])
 
@@ -319,7 +318,8 @@ def test_every_spec_loads_a_tiny_tree_in_its_layout(name: str, tmp_path: Path) -
     expected = _tiny_tree(spec, root)
     for path in (spec.images, spec.labels or spec.annotations):
         assert path in spec.layout
-    bench = load_benchmark(name, root)
+    order = "detail" if name == "pc59" else None
+    bench = load_benchmark(name, root, label_order=order)
     assert bench.name == name and bench.task == spec.task and len(bench) == 1
     assert bench.num_classes == (spec.num_classes or 3)
     sample = bench.samples[0]
@@ -332,7 +332,7 @@ def test_every_spec_loads_a_tiny_tree_in_its_layout(name: str, tmp_path: Path) -
         assert bench.ignore_index == spec.ignore_index
         np.testing.assert_array_equal(bench.read_label(sample), expected)
     with pytest.raises(ValueError, match="expected .* class names"):
-        load_benchmark(name, root, class_names=["one", "two"] * 100)
+        load_benchmark(name, root, class_names=["one", "two"] * 100, label_order=order)
 
 
 def test_spec_needs_its_task_files() -> None:

@@ -378,6 +378,32 @@ def query_cmd(
     console.print(f"[green]wrote[/green] {out} and {out_json}")
 
 
+@app.command("describe-benchmark")
+def describe_benchmark_cmd(
+    name: Annotated[str, typer.Argument(help="Benchmark: ade150, ade847, pc59, pc459, ...")],
+    root: Annotated[Path, typer.Option(help="Its folder, or a data root holding it.")],
+    label_order: Annotated[
+        str | None, typer.Option(help="PC-59 class order where ambiguous: ovseg | detail.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Count labels over the first K images.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Which layout a benchmark folder has, its classes and label counts (before any run)."""
+    from use_core.eval.datasets import BenchmarkLayoutError
+    from use_core.eval.datasets.describe import describe_benchmark, description_table
+
+    try:
+        doc = describe_benchmark(name, root, label_order=label_order, limit=limit)
+    except (BenchmarkLayoutError, KeyError, ValueError) as exc:
+        raise _fail(" ".join(str(exc).strip("'\"").split("\n")[0].split())) from None
+    if as_json:
+        typer.echo(json.dumps(doc))
+    else:
+        from rich.console import Console
+
+        Console().print(description_table(doc))
+
+
 def _import_flows() -> Any:
     """``flows.deploy`` (the Prefect flows are installed with use_core)."""
     try:

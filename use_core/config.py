@@ -201,13 +201,61 @@ class TrainConfig(Strict):
         return self
 
 
+class BenchmarkEntry(Strict):
+    """One ``eval.benchmarks`` entry written as a mapping: a benchmark with its own folder."""
+
+    name: str = Field(min_length=1)
+    root: str | None = None  # the benchmark folder (or a data root above it); None: data.root
+    label_order: Literal["ovseg", "detail"] | None = None  # PC-59 where the layout is ambiguous
+
+
 class EvalConfig(Strict):
-    benchmarks: list[str] = Field(default_factory=lambda: ["shapes", "shapes_parts"])
+    benchmarks: list[str | BenchmarkEntry] = Field(
+        default_factory=lambda: list[str | BenchmarkEntry](["shapes", "shapes_parts"])
+    )
     points_per_side: int = Field(16, ge=1, le=128)
     proposals: Literal["sam", "oracle"] = "sam"
     class_templates: list[str] = Field(default_factory=lambda: list(CLASS_TEMPLATES))
     max_images: int | None = Field(None, ge=1)
     num_overlays: int = Field(4, ge=0)
+    # the same per-benchmark settings keyed by name, for `dvc repro`: DVC's foreach puts
+    # ${item} in output paths, which it cannot do for a mapping entry of `benchmarks`
+    roots: dict[str, str] = Field(default_factory=dict)
+    label_orders: dict[str, Literal["ovseg", "detail"]] = Field(default_factory=dict)
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _unique_benchmarks(cls, v: list[str | BenchmarkEntry]) -> list[str | BenchmarkEntry]:
+        names = [e if isinstance(e, str) else e.name for e in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each benchmark at most once, got {names}")
+        return v
+
+    @model_validator(mode="after")
+    def _known_keys(self) -> EvalConfig:
+        for field in ("roots", "label_orders"):
+            unknown = sorted(set(getattr(self, field)) - set(self.benchmark_names))
+            if unknown:
+                raise ValueError(f"{field}: {unknown} not in benchmarks {self.benchmark_names}")
+        return self
+
+    @property
+    def benchmark_names(self) -> list[str]:
+        """The names of ``benchmarks`` in order."""
+        return [e if isinstance(e, str) else e.name for e in self.benchmarks]
+
+    def benchmark_entry(self, name: str) -> BenchmarkEntry:
+        """Entry ``name`` of ``benchmarks`` as a :class:`BenchmarkEntry`: a mapping entry's
+        ``root`` / ``label_order``, else those of ``roots`` / ``label_orders`` (else None)."""
+        entry = BenchmarkEntry(name=name)
+        for e in self.benchmarks:
+            if not isinstance(e, str) and e.name == name:
+                entry = e
+        return BenchmarkEntry(
+            name=name,
+            root=entry.root if entry.root is not None else self.roots.get(name),
+            label_order=entry.label_order or self.label_orders.get(name),
+        )
 
 
 class RegisterConfig(Strict):

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from use_core.config import EvalConfig
 from use_core.data.images import load_rgb
 from use_core.data.metrics_json import write_metrics_json
-from use_core.eval.datasets import Benchmark, BenchmarkSample, load_benchmark
+from use_core.eval.datasets import Benchmark, BenchmarkSample, annotation_mask, load_benchmark
 from use_core.eval.metrics import SEMANTIC_CONVENTIONS, SemanticMeter, mask_map
 from use_core.infer.classify import DEFAULT_LOGIT_SCALE, class_text_embeddings
 from use_core.infer.given_masks import label_map_regions
@@ -84,7 +84,7 @@ def _oracle_masks(
         anns = sample.gt if isinstance(sample.gt, list) else []
         if not anns:
             return np.zeros((0, *hw), dtype=bool)
-        return np.stack([decode_rle(a["segmentation"], hw) for a in anns])
+        return np.stack([annotation_mask(a["segmentation"], hw) for a in anns])
     if shapes is not None:
         return shapes.masks(sample.image_path.name, hw)
     masks, _ = label_map_regions(bench.read_label(sample), bench.ignore_index)
@@ -104,6 +104,7 @@ def evaluate_benchmark(
     show_progress: bool = True,
     proposal_store: ProposalStore | None = None,
     proposal_settings: Mapping[str, Any] | None = None,
+    label_order: str | None = None,
     **proposal_kwargs: Any,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on benchmark ``name`` stored under ``root`` and write the reports.
@@ -115,6 +116,7 @@ def evaluate_benchmark(
       logit_scale: softmax temperature (``train.logit_scale``).
       proposal_store: a :class:`ProposalStore` (the ``proposals`` stage's) read before running
         SAM and filled with what is computed; ``proposal_settings`` go into its keys.
+      label_order: PC-59's class order where the layout needs it (``ovseg`` | ``detail``).
       proposal_kwargs: extra arguments of :func:`generate_proposals` (thresholds...).
     Returns:
       the metrics dict written to ``metrics.json``: ``benchmark``, ``task``, ``proposals``,
@@ -125,7 +127,7 @@ def evaluate_benchmark(
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    bench = load_benchmark(name, root)
+    bench = load_benchmark(name, root, label_order=label_order)
     mode = eval_cfg.proposals
     if mode == "sam" and sam is None and proposal_store is None:
         raise ValueError("proposals mode 'sam' needs a SAM model")
@@ -137,7 +139,7 @@ def evaluate_benchmark(
         part_vocabulary(bench.class_names, bench.background_names) if is_part else bench.class_names
     )
     text = class_text_embeddings(model, vocab, eval_cfg.class_templates)
-    shapes = _ShapesInstances(Path(root)) if mode == "oracle" and name == "shapes" else None
+    shapes = _ShapesInstances(bench.root) if mode == "oracle" and name == "shapes" else None
     meter = SemanticMeter(bench.num_classes, bench.ignore_index) if not is_part else None
     predictions: list[dict[str, Any]] = []
     overlay_dir = out / "overlays"
@@ -189,6 +191,7 @@ def evaluate_benchmark(
                 )
     metrics: dict[str, Any] = {
         "benchmark": name,
+        "layout": bench.layout,
         "task": bench.task,
         "proposals": mode,
         "images": len(samples),
@@ -215,6 +218,7 @@ def evaluate_benchmark(
         ap = [result["per_category_id"][c] for c in bench.category_ids]
         metrics.update({k: result[k] for k in ("mAP", "mAP50", "mAP75")})
         metrics["AP"] = ap
+        metrics["repaired_polygons"] = bench.repaired_polygons
         metrics["predictions"] = len(predictions)
         table = {"mIoU": result["mAP"], "IoU": ap}
         pd.DataFrame({"class": bench.class_names, "ap": ap}).to_csv(

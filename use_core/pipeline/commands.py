@@ -56,10 +56,39 @@ def get_params(path: Path, sets: list[str] | None = None) -> Params:
     return params
 
 
-def _execute(spec: StageSpec, params: Path, sets: list[str] | None, **options: Any) -> None:
+def with_benchmark_root(p: Params, name: str, root: str | None, label_order: str | None) -> Params:
+    """``p`` with the ``eval.benchmarks`` entry ``name`` given its own ``root`` / ``label_order``
+    (the entry is added when missing; nothing changes when both are None)."""
+    if root is None and label_order is None:
+        return p
+    old = p.eval.benchmark_entry(name)
+    entry = {
+        "name": name,
+        "root": root if root is not None else old.root,
+        "label_order": label_order if label_order is not None else old.label_order,
+    }
+    kept = [e for e in p.eval.benchmarks if (e if isinstance(e, str) else e.name) != name]
+    try:
+        p.eval.benchmarks = [*kept, entry]  # type: ignore[list-item]  # validated on assignment
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(code=2) from None
+    return p
+
+
+def _execute(
+    spec: StageSpec,
+    params: Path,
+    sets: list[str] | None,
+    root: str | None = None,
+    label_order: str | None = None,
+    **options: Any,
+) -> None:
     from use_core.pipeline.runner import StageFailed, run
 
     p = get_params(params, sets)
+    if options.get("item") is not None:
+        p = with_benchmark_root(p, options["item"], root, label_order)
     try:
         result = run(spec.name, p, **options)
     except StageFailed as exc:
@@ -80,8 +109,15 @@ def stage_command(spec: StageSpec) -> Callable[..., None]:
             params: ParamsOpt = Path("params.yaml"),
             sets: SetOpt = None,
             track: TrackOpt = True,
+            root: Annotated[
+                str | None,
+                typer.Option(help="The benchmark's folder (or a data root above it)."),
+            ] = None,
+            label_order: Annotated[
+                str | None, typer.Option(help="PC-59 class order where ambiguous: ovseg | detail.")
+            ] = None,
         ) -> None:
-            _execute(spec, params, sets, item=benchmark, track=track)
+            _execute(spec, params, sets, root, label_order, item=benchmark, track=track)
 
         command: Callable[..., None] = foreach_command
     elif spec.tracked:

@@ -54,9 +54,10 @@ def run_eval_stage(
     per_class_plot: Path,
     track: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate on ``benchmark`` (a key of ``use_core.eval.datasets.BENCHMARKS``)."""
+    """Evaluate on ``benchmark`` (a key of ``use_core.eval.datasets.BENCHMARKS``), found where
+    its ``eval.benchmarks`` entry says (its ``root``, else under ``data.root``)."""
     from use_core.data.metrics_json import write_metrics_json
-    from use_core.eval.datasets import benchmark_root
+    from use_core.eval.datasets import entry_root
     from use_core.eval.evaluate import evaluate_benchmark
     from use_core.infer.proposal_store import LazySam, ProposalStore
     from use_core.pipeline.proposals import proposal_settings
@@ -70,9 +71,10 @@ def run_eval_stage(
 
     if out_dir.exists():
         shutil.rmtree(out_dir)
+    entry = params.eval.benchmark_entry(benchmark)
     metrics = evaluate_benchmark(
         benchmark,
-        benchmark_root(benchmark, params.data.root),
+        entry_root(benchmark, entry.root, params.data.root),
         model,
         sam,
         params.eval,
@@ -82,6 +84,7 @@ def run_eval_stage(
         max_pixels=params.data.max_image_pixels,
         proposal_store=ProposalStore(proposals_dir, writable=False),
         proposal_settings=proposal_settings(params),
+        label_order=entry.label_order,
     )
     metrics["sam_loaded"] = int(isinstance(sam, LazySam) and sam.loaded)
     flat = {

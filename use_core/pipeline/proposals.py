@@ -38,13 +38,15 @@ def run_proposals_stage(params: Params, out_dir: Path, metrics_path: Path) -> di
 
     from use_core.data.images import load_rgb
     from use_core.data.metrics_json import write_metrics_json
-    from use_core.eval.datasets import benchmark_root, load_benchmark
+    from use_core.eval.datasets import entry_root, load_benchmark
     from use_core.infer.proposal_store import ProposalStore, sam_proposal_masks
 
     paths: dict[str, Path] = {}
     if params.eval.proposals == "sam":
-        for name in params.eval.benchmarks:
-            bench = load_benchmark(name, benchmark_root(name, params.data.root))
+        for name in params.eval.benchmark_names:
+            entry = params.eval.benchmark_entry(name)
+            root = entry_root(name, entry.root, params.data.root)
+            bench = load_benchmark(name, root, label_order=entry.label_order)
             samples = bench.samples[: params.eval.max_images] if params.eval.max_images else None
             for sample in samples if samples is not None else bench.samples:
                 paths.setdefault(str(sample.image_path.resolve()), sample.image_path)

@@ -6,23 +6,33 @@ turns it into an ``(H, W)`` ``int32`` map with values ``0..K-1`` or ``benchmark.
 For *part* benchmarks ``gt`` is the image's list of COCO annotation dicts and
 ``benchmark.coco_gt`` the whole COCO document (for :func:`use_core.eval.metrics.mask_map`).
 
-Each benchmark is one :class:`BenchmarkSpec` row of :data:`BENCHMARKS` (:mod:`.spec`): its folder
-under the data root, image / label folders and suffixes (or the COCO file), the label encoding
-and a class source; :func:`load_benchmark` reads any row (:mod:`.loader`). A new layout of a
-known kind is a new row. ``BENCHMARKS[name].layout`` renders a row's expected tree (errors
-quote it); the rows below are the reference for each layout's folders, suffixes and encoding.
+Each benchmark has one or more community layouts, the :class:`Layout` rows of :data:`LAYOUTS`
+(:mod:`.layouts`): the folder names a preparation script writes, and a :class:`BenchmarkSpec`
+(:mod:`.spec`) with the image / label folders and suffixes (or the COCO file), the label encoding
+and a class source. :func:`load_benchmark` recognises the layout under a root by its folders
+(:func:`resolve_layout`) and reads it with the one generic loader (:mod:`.loader`); a new
+preparation of a known benchmark is a new row. :data:`BENCHMARKS` holds each benchmark's default
+layout; ``spec.layout`` renders a row's expected tree (errors quote it).
 
-Shipped class lists (``use_core/resources/*.txt``): ADE-150, PC-59, the 91 COCO-stuff stuff
-classes, PartImageNet's 40 parts and 11 super-categories. The ADE-847 and PC-459 lists are not
-shipped: they are read from the dataset folder (files named in their rows) or passed as
-``class_names``.
+Shipped class lists (``use_core/resources/*.txt``, each naming its source in a ``#`` header):
+ADE-150, ADE-847, PC-59 in OVSeg's and in the Detail-API order, PC-459, the 91 COCO-stuff stuff
+classes, PartImageNet's 40 parts and 11 super-categories.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from use_core.eval.datasets.loader import Benchmark, BenchmarkSample, load_spec, read_label_map
+from use_core.eval.datasets.layouts import LABEL_ORDERS, LAYOUTS, Layout, Resolved, resolve_layout
+from use_core.eval.datasets.loader import (
+    Benchmark,
+    BenchmarkSample,
+    annotation_mask,
+    check_partimagenet_split,
+    load_spec,
+    read_label_map,
+    repair_polygons,
+)
 from use_core.eval.datasets.shapes import ShapesNames
 from use_core.eval.datasets.spec import (
     BenchmarkLayoutError,
@@ -49,101 +59,28 @@ __all__ = [
     "ClassSource",
     "CocoNames",
     "DatasetNames",
+    "LABEL_ORDERS",
+    "LAYOUTS",
+    "Layout",
+    "Resolved",
     "ShapesNames",
     "ShippedNames",
+    "annotation_mask",
+    "repair_polygons",
     "Task",
     "benchmark_root",
     "check_class_count",
+    "entry_root",
     "load_benchmark",
     "load_class_names",
     "load_spec",
     "read_class_names_file",
     "read_label_map",
+    "resolve_layout",
 ]
 
-_SHAPES_NOTE = "(generate it with use_core.data.shapes.scenes.generate_shapes)"
-
-BENCHMARKS: dict[str, BenchmarkSpec] = {
-    spec.name: spec
-    for spec in (
-        BenchmarkSpec(
-            name="ade150",
-            task="semantic",
-            default_root="ADEChallengeData2016",
-            images="images/validation",
-            labels="annotations/validation",
-            reduce_zero_label=True,
-            num_classes=150,
-            classes=ShippedNames("ade20k_150"),
-        ),
-        BenchmarkSpec(
-            name="ade847",
-            task="semantic",
-            default_root="ADE20K_2021_17_01",
-            images="images_detectron2/validation",
-            labels="annotations_detectron2/validation",
-            label_suffix=".tif",
-            label_dtype="uint16",
-            ignore_index=65535,
-            num_classes=847,
-            classes=DatasetNames(("ade847_classes.txt",), order="detectron2 order"),
-            note="(written by detectron2/Mask2Former datasets/prepare_ade20k_full_sem_seg.py)",
-        ),
-        BenchmarkSpec(
-            name="pc59",
-            task="semantic",
-            default_root="VOCdevkit/VOC2010",
-            images="JPEGImages",
-            labels="annotations_detectron2/pc59_val",
-            every_image_labelled=False,
-            num_classes=59,
-            classes=ShippedNames("pascal_context_59"),
-            note="(written by the OVSeg/SAN prepare_pascal_context.py)",
-        ),
-        BenchmarkSpec(
-            name="pc459",
-            task="semantic",
-            default_root="VOCdevkit/VOC2010",
-            images="JPEGImages",
-            labels="annotations_detectron2/pc459_val",
-            label_suffix=".tif",
-            label_dtype="uint16",
-            ignore_index=65535,
-            every_image_labelled=False,
-            num_classes=459,
-            classes=DatasetNames(("pc459_classes.txt", "labels.txt")),
-        ),
-        BenchmarkSpec(
-            name="partimagenet",
-            task="part",
-            default_root="PartImageNet",
-            images="images/val",
-            annotations="annotations/val.json",
-            num_classes=40,
-            classes=CocoNames(background=("coco_stuff_91", "partimagenet_supercategories")),
-        ),
-        BenchmarkSpec(
-            name="shapes",
-            task="semantic",
-            default_root="shapes",
-            images="val/images",
-            image_suffix=".png",
-            labels="val/semantic",
-            classes=ShapesNames("semantic"),
-            note=_SHAPES_NOTE,
-        ),
-        BenchmarkSpec(
-            name="shapes_parts",
-            task="part",
-            default_root="shapes",
-            images="val/images",
-            annotations="val/parts.json",
-            classes=ShapesNames("parts"),
-            note=_SHAPES_NOTE,
-        ),
-    )
-}
-"""Benchmark name → its layout; :func:`load_benchmark` reads any row."""
+BENCHMARKS: dict[str, BenchmarkSpec] = {name: lays[0].spec for name, lays in LAYOUTS.items()}
+"""Benchmark name → its default layout (:data:`LAYOUTS` holds every known one)."""
 
 
 def _spec(name: str) -> BenchmarkSpec:
@@ -157,18 +94,31 @@ def benchmark_root(name: str, data_root: str | Path) -> Path:
     return Path(data_root) / _spec(name).default_root
 
 
-def load_benchmark(name: str, root: str | Path, class_names: Names = None) -> Benchmark:
-    """Load benchmark ``name`` (a key of :data:`BENCHMARKS`) from its folder ``root``.
+def entry_root(name: str, root: str | Path | None, data_root: str | Path) -> Path:
+    """Where an ``eval.benchmarks`` entry's benchmark is: its ``root`` if given, else its
+    default folder under ``data_root`` when that exists, else ``data_root`` itself (searched
+    for every layout's folder names, e.g. ODISE's ``ade/ADEChallengeData2016``)."""
+    if root is not None:
+        return Path(root)
+    default = benchmark_root(name, data_root)
+    return default if default.is_dir() else Path(data_root)
 
-    ``class_names`` overrides the shipped / dataset class list (same length required).
-    Raises :class:`BenchmarkLayoutError` naming the expected layout when a folder or file is
-    missing, ``ValueError`` when images and annotations do not pair up.
+
+def load_benchmark(
+    name: str, root: str | Path, class_names: Names = None, label_order: str | None = None
+) -> Benchmark:
+    """Load benchmark ``name`` (a key of :data:`BENCHMARKS`) from ``root``: its folder in any
+    layout of :data:`LAYOUTS`, or a data root holding that folder.
+
+    ``class_names`` overrides the shipped class list (same length required); ``label_order``
+    (``ovseg`` | ``detail``) is required where two preparations write the same PC-59 paths.
+    Raises :class:`BenchmarkLayoutError` naming the layouts looked for when none (or several)
+    is found, ``ValueError`` when images and annotations do not pair up.
     """
-    spec = _spec(name)
-    root = Path(root)
-    if not root.is_dir():
-        raise BenchmarkLayoutError(
-            f"benchmark {name!r}: root folder {root} not found (default: <data root>/"
-            f"{spec.default_root}).\nExpected layout under it:\n{spec.layout}"
-        )
-    return load_spec(spec, root, class_names)
+    _spec(name)
+    resolved = resolve_layout(name, root, label_order)
+    bench = load_spec(resolved.spec, resolved.base, class_names)
+    bench.layout = resolved.layout.name
+    if name == "partimagenet":
+        check_partimagenet_split(bench)
+    return bench

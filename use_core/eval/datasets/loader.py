@@ -8,6 +8,7 @@ annotation dicts (possibly empty).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -18,6 +19,8 @@ import numpy as np
 from PIL import Image
 
 from use_core.eval.datasets.spec import BenchmarkLayoutError, BenchmarkSpec, Names, Task
+
+log = logging.getLogger(__name__)
 
 
 class BenchmarkSample(NamedTuple):
@@ -68,6 +71,10 @@ class Benchmark:
       category_ids: part benchmarks: COCO category id of each entry of ``class_names``.
       background_names: part benchmarks: extra vocabulary used as distractors (paper §4.4).
       coco_gt: part benchmarks: the COCO ground-truth document.
+      layout: the recognised layout (a :class:`~use_core.eval.datasets.layouts.Layout` name).
+      repaired_polygons: part benchmarks: polygons of < 3 points padded (see
+        :func:`repair_polygons`).
+      warnings: what the loader found unexpected but not fatal (e.g. a split's image count).
     """
 
     name: str
@@ -80,6 +87,9 @@ class Benchmark:
     category_ids: list[int] = field(default_factory=list)
     background_names: list[str] = field(default_factory=list)
     coco_gt: dict[str, Any] | None = None
+    layout: str = ""
+    repaired_polygons: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -99,6 +109,58 @@ class Benchmark:
         if not isinstance(path, Path):
             raise TypeError(f"expected a label-map path, got {type(path).__name__}")
         return self.label_reader(path)
+
+
+# ------------------------------------------------------------------ part annotations
+
+
+def repair_polygons(segmentation: Any, where: str = "annotation") -> tuple[Any, int]:
+    """Polygons of fewer than 3 points padded as VLPart's tools/partimagenet_format_json.py
+    pads them (1 point ``p``: ``p, (0, 0), p``; 2 points ``p, q``: ``p, q, p``), and how many
+    were padded. RLE segmentations are returned unchanged. ``ValueError`` for an empty or
+    odd-length polygon."""
+    if not isinstance(segmentation, list):
+        return segmentation, 0
+    out, repaired = [], 0
+    for poly in segmentation:
+        if not poly or len(poly) % 2:
+            raise ValueError(f"{where}: polygon with {len(poly)} coordinates (need x, y pairs)")
+        if len(poly) == 2:
+            poly, repaired = [*poly, 0, 0, poly[0], poly[1]], repaired + 1
+        elif len(poly) == 4:
+            poly, repaired = [*poly, poly[0], poly[1]], repaired + 1
+        out.append(poly)
+    return out, repaired
+
+
+def annotation_mask(segmentation: Any, hw: tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` bool mask of a COCO segmentation: polygons, uncompressed or compressed RLE."""
+    from pycocotools import mask as mask_utils
+
+    h, w = hw
+    if isinstance(segmentation, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, h, w))
+    elif isinstance(segmentation.get("counts"), list):
+        rle = mask_utils.frPyObjects(segmentation, h, w)
+    else:
+        from use_core.ops.rle import decode_rle
+
+        return decode_rle(segmentation, hw)
+    return np.asarray(mask_utils.decode(rle), dtype=bool)
+
+
+def check_partimagenet_split(bench: Benchmark) -> None:
+    """Warn (log + ``bench.warnings``) when PartImageNet is not the OOD val split."""
+    from use_core.eval.datasets.layouts import PARTIMAGENET_VAL
+
+    images, parts = PARTIMAGENET_VAL
+    if len(bench) != images or bench.num_classes != parts:
+        msg = (
+            f"partimagenet under {bench.root}: {len(bench)} images and {bench.num_classes} parts; "
+            f"the OOD val split of the paper has {images} images and {parts} parts"
+        )
+        log.warning(msg)
+        bench.warnings.append(msg)
 
 
 # ------------------------------------------------------------------ loading
@@ -172,7 +234,10 @@ def _load_part(spec: BenchmarkSpec, root: Path, given: Names) -> Benchmark:
     info = spec.classes.read(spec, root, cats, given)
     image_dir = spec.require_dir(root / spec.images)
     by_image: dict[Any, list[dict[str, Any]]] = {img["id"]: [] for img in coco["images"]}
+    repaired = 0
     for ann in coco["annotations"]:
+        ann["segmentation"], n = repair_polygons(ann["segmentation"], f"annotation {ann.get('id')}")
+        repaired += n
         if ann["image_id"] not in by_image:
             raise ValueError(
                 f"{spec.name}: annotation {ann.get('id')} refers to unknown image {ann['image_id']}"
@@ -207,6 +272,7 @@ def _load_part(spec: BenchmarkSpec, root: Path, given: Names) -> Benchmark:
         category_ids=[c["id"] for c in cats],
         background_names=list(info.background),
         coco_gt=coco,
+        repaired_polygons=repaired,
     )
 
 

@@ -33,12 +33,15 @@ class BenchmarkLayoutError(FileNotFoundError):
 @cache
 def _resource_names(filename: str) -> tuple[str, ...]:
     text = resources.files("use_core").joinpath("resources", filename).read_text("utf-8")
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
+    lines = (line.strip() for line in text.splitlines())
+    return tuple(line for line in lines if line and not line.startswith("#"))
 
 
 def load_class_names(resource: str) -> list[str]:
-    """A shipped class list by file stem: ``ade20k_150``, ``pascal_context_59``,
-    ``coco_stuff_91``, ``partimagenet_parts``, ``partimagenet_supercategories``."""
+    """A shipped class list by file stem (``#`` header lines, naming its source, are skipped):
+    ``ade20k_150``, ``ade20k_847``, ``pascal_context_59_ovseg``, ``pascal_context_59_detail``,
+    ``pascal_context_459``, ``coco_stuff_91``, ``partimagenet_parts``,
+    ``partimagenet_supercategories``."""
     return list(_resource_names(f"{resource}.txt"))
 
 
