@@ -80,6 +80,13 @@ def test_invalid_params_name_the_key(raw: dict, needle: str) -> None:
     assert needle in str(err.value)
 
 
+def test_mask_filters_can_be_turned_off() -> None:
+    p = parse_params({"masks": {"pred_iou_threshold": None, "stability_threshold": None}})
+    assert p.masks.pred_iou_threshold is None and p.masks.stability_threshold is None
+    with pytest.raises(ConfigError, match="masks.stability_threshold"):
+        parse_params({"masks": {"stability_threshold": -0.1}})
+
+
 def test_overrides_and_flatten(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({"train": {"lr": 0.01}}))

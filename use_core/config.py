@@ -126,8 +126,9 @@ class GroundConfig(Strict):
 
 
 class MasksConfig(Strict):
-    pred_iou_threshold: float = Field(0.6, ge=0.0, le=1.0)  # paper §4.1 (SAM default 0.88)
-    stability_threshold: float = Field(0.6, ge=0.0, le=1.0)  # paper §4.1 (SAM default 0.95)
+    # paper §4.1 (SAM defaults 0.88 / 0.95); null = no filtering on that score
+    pred_iou_threshold: float | None = Field(0.6, ge=0.0, le=1.0)
+    stability_threshold: float | None = Field(0.6, ge=0.0, le=1.0)
     whole_image_ratio: float = Field(0.9, gt=0.0, le=1.0)  # paper §3.1: box > 90% → whole image
     min_region_area: int = Field(64, ge=0)  # holes / islands smaller than this are cleaned
     box_chunk: int = Field(32, ge=1)  # boxes per decoder call
