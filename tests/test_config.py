@@ -17,6 +17,7 @@ DEMO_CHOICES = {
     "train.scale_min",
     "train.scale_max",
     "train.sam_input_size",
+    "train.grid",
 }
 
 
@@ -26,6 +27,8 @@ def test_params_yaml_matches_code_defaults(repo_root: Path) -> None:
     assert yaml_flat.keys() == code_flat.keys()
     differ = {k for k in code_flat if yaml_flat[k] != code_flat[k]}
     assert differ <= DEMO_CHOICES, differ
+    # the demo's committed results were trained on a 32x32 grid (its native grid is 28)
+    assert yaml_flat["train.grid"] == 32 and code_flat["train.grid"] is None
 
 
 def test_paper_defaults() -> None:

@@ -148,6 +148,13 @@ class TrainConfig(Strict):
     encoder: Literal["clip", "dinov2", "sam", "clip+dinov2", "clip+sam"] = "clip+sam"
     use_cls: bool = True  # paper Table 5: cls tokens help
     dinov2_blocks: int = Field(6, ge=1, le=64)  # paper §4.2: last 6 DINOv2 blocks
+    grid: int | None = Field(
+        None,
+        ge=1,
+        le=512,
+        description="side of the common patch grid every level is resampled to"
+        " (None: the backbones' native patch grid at image_size, e.g. 40 for ViT-L/14 at 560)",
+    )
     grid_resample: Literal["bilinear", "nearest", "area"] = "bilinear"
     feature_dim: int = Field(256, ge=8, le=8192)
     logit_scale: float = Field(30.0, gt=0.0)  # paper §4.2: "τ = 30" multiplies cosine sims
