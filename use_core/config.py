@@ -121,7 +121,9 @@ class GroundConfig(Strict):
     box_threshold: float = Field(0.05, ge=0.0, le=1.0)  # paper §4.1
     nms_threshold: float = Field(0.7, ge=0.0, le=1.0)  # paper §4.1 (box NMS)
     max_text_tokens: int = Field(256, ge=8)  # Grounding DINO's text limit
-    max_boxes: int = Field(32, ge=1, description="top-scoring boxes kept per caption after NMS")
+    max_boxes: int | None = Field(
+        32, ge=1, description="top-scoring boxes kept per caption after NMS (None: every box)"
+    )
     batch_size: int = Field(2, ge=1)
 
 
