@@ -17,6 +17,7 @@ DEMO_CHOICES = {
     "train.scale_min",
     "train.scale_max",
     "train.sam_input_size",
+    "train.grid",
 }
 
 
@@ -26,6 +27,8 @@ def test_params_yaml_matches_code_defaults(repo_root: Path) -> None:
     assert yaml_flat.keys() == code_flat.keys()
     differ = {k for k in code_flat if yaml_flat[k] != code_flat[k]}
     assert differ <= DEMO_CHOICES, differ
+    # the demo's committed results were trained on a 32x32 grid (its native grid is 28)
+    assert yaml_flat["train.grid"] == 32 and code_flat["train.grid"] is None
 
 
 def test_paper_defaults() -> None:
@@ -78,6 +81,13 @@ def test_invalid_params_name_the_key(raw: dict, needle: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_params(raw)
     assert needle in str(err.value)
+
+
+def test_mask_filters_can_be_turned_off() -> None:
+    p = parse_params({"masks": {"pred_iou_threshold": None, "stability_threshold": None}})
+    assert p.masks.pred_iou_threshold is None and p.masks.stability_threshold is None
+    with pytest.raises(ConfigError, match="masks.stability_threshold"):
+        parse_params({"masks": {"stability_threshold": -0.1}})
 
 
 def test_overrides_and_flatten(tmp_path: Path) -> None:

@@ -186,6 +186,28 @@ def test_thresholds_reject_and_account_for_every_box(sam, scene, scene_embedding
     assert all("stability" in r for _, r in res.rejected) and len(res.rejected) == 4
 
 
+def test_null_thresholds_keep_what_a_threshold_drops(sam, scene, scene_embedding) -> None:
+    """``None`` turns a filter off: boxes rejected by a threshold above their scores are kept."""
+    img, shapes, boxes = scene
+    kw = {"image_embedding": scene_embedding}
+    strict = masks_from_boxes(
+        sam, img, boxes, pred_iou_threshold=1.0, stability_threshold=1.0, **kw
+    )
+    assert len(strict.masks) == 0 and len(strict.rejected) == 4
+    off = masks_from_boxes(sam, img, boxes, pred_iou_threshold=None, stability_threshold=None, **kw)
+    assert off.box_index.tolist() == [0, 1, 2, 3] and not off.rejected
+    assert min(_iou(m, shapes[k]) for k, m in zip(off.box_index, off.masks, strict=True)) >= 0.8
+    # each None disables only its own filter
+    iou_off = masks_from_boxes(
+        sam, img, boxes, pred_iou_threshold=None, stability_threshold=1.01, **kw
+    )
+    assert all("stability" in r for _, r in iou_off.rejected) and len(iou_off.rejected) == 4
+    stab_off = masks_from_boxes(
+        sam, img, boxes, pred_iou_threshold=1.01, stability_threshold=None, **kw
+    )
+    assert all("predicted IoU" in r for _, r in stab_off.rejected) and len(stab_off.rejected) == 4
+
+
 @pytest.mark.slow
 def test_small_regions_cleaned(sam) -> None:
     """A hole smaller than min_region_area is filled; a larger one is kept."""

@@ -87,7 +87,7 @@ def test_from_params_maps_every_train_encoder(encoder: str) -> None:
     assert list(config.backbones) == [expected[r] for r in encoder.split("+")]
     assert (config.feature_dim, config.use_cls, config.grid_resample) == (48, False, "area")
     assert config.text_templates == ("a {}", "one {} here")
-    assert config.grid_size == DEFAULT_GRID
+    assert config.grid_size is None  # train.grid's default: the backbones' native grid
     # the train loop's overrides: its grid and MobileSAM side arguments
     over = USEModelConfig.from_params(params, grid_size=8, sam_input_size=512)
     assert over.grid_size == 8
@@ -247,3 +247,19 @@ def test_backbones_load_on_cpu_in_float32(
     model = create_use_model(USEModelConfig.from_params(params, grid_size=4), comps)
     assert model.device.type == "cpu"
     assert model.backbone_list[0].input_size == (64, 64)  # CLIP built at train.image_size
+
+
+def test_grid_follows_train_grid_and_defaults_to_native(demo_models, models_cache: Path) -> None:
+    """``train.grid`` sets the common grid; ``None`` is the finest native backbone grid."""
+    params = demo_params(models_cache, encoder="clip+dinov2", image_size=112)
+    comps = load_backbones(params)
+    native = create_use_model(USEModelConfig.from_params(params), comps)
+    # tiny CLIP: patch 16 -> 112 / 16 = 7; tiny DINOv2: patch 14 -> 112 / 14 = 8
+    assert [b.native_grid for b in native.backbone_list] == [7, 8]
+    assert native.grid == (8, 8) and native.spec()["grid_size"] == 8
+    feats = native.encode_image(torch.rand(1, 3, 112, 112))
+    assert all(t.shape[-2:] == (8, 8) for lv in feats.levels for t in lv)
+    params.train.grid = 5
+    assert create_use_model(USEModelConfig.from_params(params), comps).grid == (5, 5)
+    assert USEModelConfig.from_params(params, grid_size=3).grid_size == 3
+    assert USEModelConfig.model_fields["grid_size"].default == DEFAULT_GRID

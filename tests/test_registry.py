@@ -171,6 +171,50 @@ def test_clip_architecture_name_plus_checkpoint_file(
         load_spec("clip", ModelSpec(kind="open_clip", name="USE-Tiny-Test", pretrained="nope"))
 
 
+def test_torchscript_clip_archive_is_a_clear_error_whose_fix_works(
+    demo_cfg: ModelsConfig, tmp_path: Path
+) -> None:
+    """OpenAI's original CLIP files are TorchScript: refused with a conversion that loads."""
+    import re
+    import subprocess
+    import sys
+
+    import open_clip
+
+    from use_core.pretrained.registry import is_torchscript_archive
+
+    config = tmp_path / "USE-Tiny-Jit.json"
+    config.write_text(json.dumps(demo.TINY_CLIP_CFG))
+    open_clip.add_model_config(config)
+    reference = load_component("clip", demo_cfg).model
+    archive = tmp_path / "ViT-Tiny-px.pt"
+    torch.jit.save(torch.jit.script(reference), str(archive))  # as OpenAI shipped its CLIPs
+    tiny = tmp_path / "tiny.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tiny))
+    plain = tmp_path / "plain.pt"
+    torch.save({"w": torch.zeros(2)}, plain)
+    assert is_torchscript_archive(archive) and is_torchscript_archive(tiny)
+    assert not is_torchscript_archive(plain) and not is_torchscript_archive(config)
+
+    with pytest.raises(ModelUnavailableError) as err:
+        load_spec("clip", ModelSpec(kind="open_clip", name="USE-Tiny-Jit", pretrained=str(tiny)))
+    message = str(err.value)
+    assert "TorchScript archive" in message and "models.overrides.clip" in message
+    assert "weights_only" not in message  # not open_clip's raw torch.load error
+    with pytest.raises(ModelUnavailableError) as err:
+        load_spec("clip", ModelSpec(kind="open_clip", name="USE-Tiny-Jit", pretrained=str(archive)))
+    command = re.search(r'`python -c "(.+?)"`', str(err.value))
+    assert command is not None
+    subprocess.run([sys.executable, "-c", command.group(1)], check=True, timeout=120)
+    converted = archive.with_suffix(".safetensors")
+    assert converted.is_file() and converted.name in str(err.value)
+    spec = ModelSpec(kind="open_clip", name="USE-Tiny-Jit", pretrained=str(converted))
+    loaded = load_spec("clip", spec).model.state_dict()
+    want = reference.state_dict()
+    assert loaded.keys() == want.keys()
+    assert all(torch.equal(loaded[k], want[k]) for k in want)
+
+
 def test_dinov2_round_trip(demo_cfg: ModelsConfig) -> None:
     bundle = load_component("dinov2", demo_cfg)
     assert isinstance(bundle, DinoBundle)

@@ -45,10 +45,36 @@ add_stage_commands(app)
 def params_cmd(
     params: ParamsOpt = Path("params.yaml"),
     sets: SetOpt = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            "--preset",
+            help="Switch a named set of values over the params (paper: every value the demo"
+            " changes back to the USE paper's; listed in use_core/presets.py).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write the resolved params YAML here instead of printing it."),
+    ] = None,
 ) -> None:
-    """Validate params.yaml and print the full, resolved configuration as YAML."""
+    """Validate params.yaml and print (or write) the full, resolved configuration as YAML."""
+    from use_core.presets import PRESETS, apply_preset
+
     p = get_params(params, sets)
-    typer.echo(yaml.safe_dump(p.model_dump(mode="json"), sort_keys=False))
+    if preset is not None:
+        if preset not in PRESETS:
+            raise _fail(f"unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
+        p = apply_preset(p, preset)
+    text = yaml.safe_dump(p.model_dump(mode="json"), sort_keys=False)
+    if out is None:
+        typer.echo(text)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    console.print(f"wrote {out}" + (f" (preset {preset})" if preset else ""), highlight=False)
 
 
 @app.command("assets")

@@ -121,13 +121,16 @@ class GroundConfig(Strict):
     box_threshold: float = Field(0.05, ge=0.0, le=1.0)  # paper §4.1
     nms_threshold: float = Field(0.7, ge=0.0, le=1.0)  # paper §4.1 (box NMS)
     max_text_tokens: int = Field(256, ge=8)  # Grounding DINO's text limit
-    max_boxes: int = Field(32, ge=1, description="top-scoring boxes kept per caption after NMS")
+    max_boxes: int | None = Field(
+        32, ge=1, description="top-scoring boxes kept per caption after NMS (None: every box)"
+    )
     batch_size: int = Field(2, ge=1)
 
 
 class MasksConfig(Strict):
-    pred_iou_threshold: float = Field(0.6, ge=0.0, le=1.0)  # paper §4.1 (SAM default 0.88)
-    stability_threshold: float = Field(0.6, ge=0.0, le=1.0)  # paper §4.1 (SAM default 0.95)
+    # paper §4.1 (SAM defaults 0.88 / 0.95); null = no filtering on that score
+    pred_iou_threshold: float | None = Field(0.6, ge=0.0, le=1.0)
+    stability_threshold: float | None = Field(0.6, ge=0.0, le=1.0)
     whole_image_ratio: float = Field(0.9, gt=0.0, le=1.0)  # paper §3.1: box > 90% → whole image
     min_region_area: int = Field(64, ge=0)  # holes / islands smaller than this are cleaned
     box_chunk: int = Field(32, ge=1)  # boxes per decoder call
@@ -147,6 +150,13 @@ class TrainConfig(Strict):
     encoder: Literal["clip", "dinov2", "sam", "clip+dinov2", "clip+sam"] = "clip+sam"
     use_cls: bool = True  # paper Table 5: cls tokens help
     dinov2_blocks: int = Field(6, ge=1, le=64)  # paper §4.2: last 6 DINOv2 blocks
+    grid: int | None = Field(
+        None,
+        ge=1,
+        le=512,
+        description="side of the common patch grid every level is resampled to"
+        " (None: the backbones' native patch grid at image_size, e.g. 40 for ViT-L/14 at 560)",
+    )
     grid_resample: Literal["bilinear", "nearest", "area"] = "bilinear"
     feature_dim: int = Field(256, ge=8, le=8192)
     logit_scale: float = Field(30.0, gt=0.0)  # paper §4.2: "τ = 30" multiplies cosine sims

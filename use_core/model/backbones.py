@@ -101,10 +101,12 @@ class Backbone(nn.Module):
       level_dims: channel count ``C_i`` of each selected level.
       cls_dim: channel count of the global embedding.
       input_size: ``(H, W)`` the backbone itself runs at.
+      native_grid: side of its own patch-token grid at ``input_size`` (ViT: side // patch).
     """
 
     kind: str = ""
     input_size: tuple[int, int]
+    native_grid: int
     level_names: list[str]
     level_dims: list[int]
     cls_dim: int
@@ -162,6 +164,10 @@ class ClipVisualBackbone(Backbone):
         size = visual.image_size
         self.input_size = (int(size[0]), int(size[1])) if isinstance(size, tuple) else (size, size)
         width = visual.transformer.width
+        patch = visual.patch_size
+        self.native_grid = self.input_size[0] // int(
+            patch[0] if isinstance(patch, tuple) else patch
+        )
         self.level_names = [f"block{b}" for b in self.blocks]
         self.level_dims = [int(width)] * len(self.blocks)
         proj = getattr(visual, "proj", None)
@@ -218,6 +224,7 @@ class Dinov2Backbone(Backbone):
         self.patch = int(cfg.patch_size)
         side = max(self.patch, (int(input_size) // self.patch) * self.patch)
         self.input_size = (side, side)
+        self.native_grid = side // self.patch
         self.last_blocks = int(last_blocks)
         first = num_blocks - last_blocks
         self.level_names = [f"block{b}" for b in range(first, num_blocks)]
@@ -324,6 +331,7 @@ class SamEncoderBackbone(Backbone):
         self.std_255 = tuple(std.flatten().tolist()) if std is not None else SAM_STD_255
         self.img_size = side
         self.input_size = (side, side)
+        self.native_grid = side // 16  # the neck's grid (TinyViT stages after the first: S/16)
         available = [f"stage{i}" for i in range(len(encoder.layers))] + ["neck"]
         self.level_names = list(available if levels is None else levels)
         unknown = [n for n in self.level_names if n not in available]

@@ -84,7 +84,9 @@ class USEModelConfig(_Frozen):
       backbones: the frozen backbones in fusion order, at most one per role.
       use_cls: concatenate each backbone's cls embedding to ``z`` (paper Table 5).
       feature_dim: width of each level's LayerNorm + Linear (LLN).
-      grid_size: side of the common patch grid every level is resampled to.
+      grid_size: side of the common patch grid every level is resampled to (``None``: the
+        backbones' native grid, :attr:`~use_core.model.backbones.Backbone.native_grid`, the
+        finest when they differ: 40 for ViT-L/14 CLIP and DINOv2 at 560).
       grid_resample: how levels reach the grid.
       text_templates: prompt templates averaged by the text encoder (CLIP, always loaded).
     """
@@ -92,7 +94,7 @@ class USEModelConfig(_Frozen):
     backbones: tuple[BackboneConfig, ...]
     use_cls: bool = True
     feature_dim: int = Field(256, ge=1)
-    grid_size: int = Field(DEFAULT_GRID, ge=1)
+    grid_size: int | None = Field(DEFAULT_GRID, ge=1)
     grid_resample: Resample = "bilinear"
     text_templates: tuple[str, ...] = tuple(PAPER_TEXT_TEMPLATES)
 
@@ -140,14 +142,14 @@ class USEModelConfig(_Frozen):
     # -- construction --------------------------------------------------------------------------
     @classmethod
     def from_params(
-        cls, params: Params, *, grid_size: int = DEFAULT_GRID, sam_input_size: int | None = None
+        cls, params: Params, *, grid_size: int | None = None, sam_input_size: int | None = None
     ) -> USEModelConfig:
         """The architecture ``params.train`` describes.
 
         ``train.encoder`` names the backbones; ``train.image_size`` is CLIP's and DINOv2's
         input side, ``train.dinov2_blocks`` DINOv2's last blocks, ``train.sam_input_size``
         (or ``sam_input_size`` when given) MobileSAM's side. CLIP takes every block, SAM
-        every level. ``grid_size`` is not a ``train`` setting (default :data:`DEFAULT_GRID`).
+        every level. The grid is ``train.grid`` (``None``: native) unless ``grid_size`` is given.
         """
         t = params.train
         sam_side = sam_input_size if sam_input_size is not None else t.sam_input_size
@@ -160,7 +162,7 @@ class USEModelConfig(_Frozen):
             backbones=tuple(per_role[name] for name in t.encoder.split("+")),
             use_cls=t.use_cls,
             feature_dim=t.feature_dim,
-            grid_size=grid_size,
+            grid_size=grid_size if grid_size is not None else t.grid,
             grid_resample=t.grid_resample,
             text_templates=tuple(t.text_templates),
         )

@@ -144,7 +144,13 @@ def pool_cells(
 
 
 def image_groups(image_index: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
-    """``(S,)`` image of each segment → ``[(image, rows of its segments)]``."""
+    """``(S,)`` image of each segment → ``[(image, rows of its segments)]``.
+
+    On the ``meta`` device (shape checks, no values) every row is one group of image 0.
+    """
+    if image_index.device.type == "meta":
+        rows = torch.arange(image_index.shape[0], device=image_index.device)
+        return [(0, rows)]
     return [
         (int(b), (image_index == b).nonzero(as_tuple=True)[0])
         for b in torch.unique(image_index).tolist()

@@ -17,9 +17,9 @@ very many segments per image the cells are fused first, also exact).
 
 Common grid. Backbones have different patch grids (tiny CLIP 14×14, DINOv2 32×32 at 448,
 MobileSAM 128/64 per stage at 1024, 56/28 at 448); every level is resampled
-(``grid_resample``) to one fixed ``grid_size × grid_size`` grid before its normalisation. The
-default 32 gives ~14 px cells on a 448 image and ~18 px on a 560 crop: fine enough for the
-demo's small shapes, coarse enough to cache.
+(``grid_resample``) to one fixed ``grid_size × grid_size`` grid before its normalisation
+(``train.grid``; ``None``: the finest native grid of the backbones, 40 for the paper's ViT-L/14
+pair at 560, so no level is resampled). The demo's 32 gives ~14 px cells on a 448 image.
 """
 
 from __future__ import annotations
@@ -75,7 +75,10 @@ class USEModel(nn.Module):
         self.backbones = nn.ModuleList(backbones)
         self.backbone_list: list[Backbone] = list(backbones)
         self.text_encoder = text_encoder
-        self.grid = (int(config.grid_size), int(config.grid_size))
+        side = config.grid_size
+        if side is None:  # native: the finest of the backbones' own patch grids
+            side = max(int(b.native_grid) for b in backbones)
+        self.grid = (int(side), int(side))
         self.grid_resample = config.grid_resample
         self.feature_dim = int(config.feature_dim)
         self.use_cls = bool(config.use_cls)
@@ -213,7 +216,8 @@ class USEModel(nn.Module):
             index = torch.as_tensor(image_index, dtype=torch.long, device=self.device)
         if index.shape != (s,):
             raise ValueError(f"image_index must be ({s},), got {tuple(index.shape)}")
-        if s and (int(index.min()) < 0 or int(index.max()) >= features.batch_size):
+        on_meta = index.device.type == "meta"  # shapes only (no values to check)
+        if s and not on_meta and (int(index.min()) < 0 or int(index.max()) >= features.batch_size):
             raise ValueError(f"image_index out of range for a batch of {features.batch_size}")
         pooled = self.encoder_head.pool_segments(features, weights, index, order)
         return self.segment_head(pooled)

@@ -24,7 +24,9 @@ detectors stay float32 because their libraries' pre/post-processing feeds float3
 A model that is neither on local disk nor reachable raises :class:`ModelUnavailableError` with
 one sentence saying which, why and how to point ``models.overrides.<role>`` at a local copy.
 In offline mode (``HF_HUB_OFFLINE=1``) hub ids are looked up in the local cache only, so a
-missing model fails in well under a second instead of waiting on network retries.
+missing model fails in well under a second instead of waiting on network retries. A TorchScript
+CLIP file (OpenAI's original ``ViT-L-14-336px.pt``) is refused the same way, with the one-line
+conversion into a safetensors state dict that the ``open_clip`` loader then reads.
 
 One loader per kind in one module: they share the load context, the offline rules and the
 error messages above, and the table of loaders is the registry itself.
@@ -173,6 +175,33 @@ def _from_pretrained(cls: Any, spec: ModelSpec, ctx: LoadContext, **kwargs: Any)
         ) from exc
 
 
+# Entries of a TorchScript CLIP's state dict that are not open_clip parameters: OpenAI's
+# attributes (open_clip drops them too) and the text tower's non-persistent causal mask.
+OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+
+
+def is_torchscript_archive(path: str | Path) -> bool:
+    """True when ``path`` is a TorchScript archive (``torch.jit.save``: a zip with ``code/``)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in n or n.endswith("/constants.pkl") for n in archive.namelist())
+
+
+def torchscript_fix(path: str | Path) -> str:
+    """The one-time conversion of a TorchScript CLIP archive into a safetensors state dict."""
+    out = Path(path).with_suffix(".safetensors")
+    return (
+        "convert it once, on a machine you trust with the file, into a state dict: "
+        '`python -c "import torch; from safetensors.torch import save_file; '
+        f"sd = torch.jit.load('{path}', map_location='cpu').state_dict(); "
+        f"save_file({{k: v.contiguous() for k, v in sd.items() if k not in {OPENAI_EXTRA_KEYS}}}, "
+        f"'{out}')\"` and set pretrained to {out} (or use pretrained: openai with a hub connection)"
+    )
+
+
 class _DropOpenClipErrors(logging.Filter):
     """open_clip logs download failures on the root logger before raising; we re-raise clearly."""
 
@@ -210,6 +239,15 @@ def load_open_clip(spec: ModelSpec, ctx: LoadContext) -> ClipBundle:
                 "that is neither an open_clip tag of this architecture nor an existing file",
                 f"known tags: {open_clip.list_pretrained_tags_by_model(name)}",
             )
+    if pretrained and Path(pretrained).is_file() and is_torchscript_archive(pretrained):
+        # OpenAI's original release (e.g. ViT-L-14-336px.pt) is TorchScript; loading it would run
+        # its code, and the package never loads a checkpoint that can (see load_sam)
+        raise _unavailable(
+            ctx.role,
+            f"{name!r} with pretrained={pretrained!r}",
+            "that file is a TorchScript archive, which is not loaded as weights here",
+            torchscript_fix(pretrained),
+        )
     image_size = ctx.extra.get("image_size")
     quiet = _DropOpenClipErrors()
     logging.getLogger().addFilter(quiet)

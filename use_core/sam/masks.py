@@ -2,9 +2,10 @@
 
 For each box SAM predicts three candidate masks; the one with the highest stability score is
 kept, then dropped if its predicted IoU or stability is under the thresholds (0.6 and 0.6 in
-the paper), then cleaned of small holes and islands. A box covering more than
-``whole_image_ratio`` of the image becomes the whole-image mask without calling SAM (paper:
-"greater than 90% of the image size"), with stability and predicted IoU set to 1.0.
+the paper; ``None`` turns a filter off), then cleaned of small holes and islands. A box
+covering more than ``whole_image_ratio`` of the image becomes the whole-image mask without
+calling SAM (paper: "greater than 90% of the image size"), with stability and
+predicted IoU set to 1.0.
 
 Efficiency: one image embedding serves all boxes of an image (:func:`embed_image`, which the
 caller may cache and pass back); boxes go through the decoder in chunks of ``box_chunk``, with
@@ -166,8 +167,8 @@ def _finish_box(
     emb: ImageEmbedding,
     low_res: torch.Tensor,
     iou_pred: torch.Tensor,
-    pred_iou_threshold: float,
-    stability_threshold: float,
+    pred_iou_threshold: float | None,
+    stability_threshold: float | None,
     min_region_area: int,
 ) -> _BoxOutcome:
     """Best-stability candidate of one box (``low_res`` (3, 256, 256), ``iou_pred`` (3,)),
@@ -176,7 +177,8 @@ def _finish_box(
     The three candidates are ranked on their 256×256 logits; those within
     :data:`REFINE_MARGIN` of the best (near-ties, e.g. three almost identical masks of a solid
     object) are upsampled and ranked again at full resolution, as SAM itself ranks them. Other
-    candidates are never upsampled. Stability is reported at full resolution.
+    candidates are never upsampled. Stability is reported at full resolution. A threshold of
+    ``None`` does not filter on that score.
     """
     # an all-background candidate has stability 0/0: count it as 0
     low_stab = calculate_stability_score(low_res, sam.mask_threshold, STABILITY_OFFSET)
@@ -187,9 +189,9 @@ def _finish_box(
     best = int(full_stab.nan_to_num(0.0).float().argmax())  # first index on ties
     cand = int(near[best])
     out = _BoxOutcome(float(full_stab[best].nan_to_num(0.0)), float(iou_pred[cand]), cand)
-    if out.pred_iou < pred_iou_threshold:
+    if pred_iou_threshold is not None and out.pred_iou < pred_iou_threshold:
         out.reason = f"predicted IoU {out.pred_iou:.3f} < {pred_iou_threshold}"
-    elif out.stability < stability_threshold:
+    elif stability_threshold is not None and out.stability < stability_threshold:
         out.reason = f"stability {out.stability:.3f} < {stability_threshold}"
     else:
         mask = _clean((full[best] > sam.mask_threshold).cpu().numpy(), min_region_area)
@@ -228,8 +230,8 @@ def masks_from_boxes(
     image: np.ndarray,
     boxes_xyxy: np.ndarray,
     *,
-    pred_iou_threshold: float = 0.6,
-    stability_threshold: float = 0.6,
+    pred_iou_threshold: float | None = 0.6,
+    stability_threshold: float | None = 0.6,
     whole_image_ratio: float = 0.9,
     min_region_area: int = 64,
     box_chunk: int = 32,

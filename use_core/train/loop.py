@@ -45,7 +45,7 @@ from tqdm import tqdm
 from use_core.config import Params
 from use_core.malloc import release_freed_memory
 from use_core.model.checkpoint import save_use_model
-from use_core.model.config import DEFAULT_GRID, USEModelConfig
+from use_core.model.config import USEModelConfig
 from use_core.model.factory import create_use_model
 from use_core.model.features import FrozenFeatures
 from use_core.model.loss import segment_text_loss
@@ -161,7 +161,7 @@ def train_use_model(
     *,
     class_names: Sequence[str] | None = None,
     device: str | torch.device | None = None,
-    grid_size: int = DEFAULT_GRID,
+    grid_size: int | None = None,
     sam_input_size: int | None = None,
     cache_dir: str | Path | None = None,
     resume: bool | Literal["same_run"] = True,
@@ -181,7 +181,7 @@ def train_use_model(
       components: loaded models by role (``clip`` always; ``dinov2`` / ``sam`` as the encoder
         needs), modules or registry bundles.
       logger: receives per-step and per-epoch metrics (default: ``out_dir/steps.jsonl``).
-      grid_size: side of the common patch grid.
+      grid_size: side of the common patch grid (``None``: ``params.train.grid``).
       sam_input_size: MobileSAM's input side (``None``: ``params.train.sam_input_size``).
       cache_dir: where the feature cache lives (default ``out_dir/feature_cache``).
       resume: False deletes existing checkpoints in ``out_dir`` and starts over; True resumes
