@@ -333,7 +333,7 @@ def test_text_cache_encodes_each_unique_text_once(components: dict) -> None:
     templates = len(model.text_encoder.templates)
     assert templates == 4
     assert sum(prompts) == 3 * templates  # three unique texts, four templates each
-    assert model.text_encoder.cache_info() == {"hits": 2, "misses": 3, "size": 3}
+    assert model.text_encoder.cache_info() == {"hits": 2, "misses": 3, "size": 3, "disk_hits": 0}
     assert torch.equal(first[0], first[2]) and torch.equal(first[1], second[0])
     # Template average: the mean of the normalised per-template embeddings, normalised.
     tok = model.text_encoder.tokenizer
