@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from use_core.config import Params
+from use_core.config import ModelSpec, Params
 
 MAX_IMAGE_BYTES = 16 * 1024 * 1024
 MAX_ROWS = 16
@@ -242,23 +242,29 @@ def portable_params(params: Params) -> dict[str, Any]:
             out.models.cache_dir = cache.resolve().relative_to(Path.cwd().resolve()).as_posix()
         except ValueError:
             out.models.cache_dir = ".cache/models"
-    original_cache = Path(params.models.cache_dir).expanduser().resolve()
-    for role, spec in out.models.overrides.items():
-        spec.name = _portable_path(spec.name, original_cache, role)[0] or spec.name
-        spec.pretrained = _portable_path(spec.pretrained, original_cache, role)[0]
+    out.models.overrides = _portable_overrides(params)[0]
     return out.model_dump(mode="json")
 
 
 def relocated_weights(params: Params) -> dict[str, str]:
     """``"<role>.<field>" → "{cache}/<role>/<file>"`` for override paths outside the cache."""
+    return _portable_overrides(params)[1]
+
+
+def _portable_overrides(params: Params) -> tuple[dict[Any, ModelSpec], dict[str, str]]:
+    """``models.overrides`` with every path through ``{cache}``, and the relocated ones."""
     cache = Path(params.models.cache_dir).expanduser().resolve()
+    specs: dict[Any, ModelSpec] = {}
     moved: dict[str, str] = {}
     for role, spec in params.models.overrides.items():
+        fields: dict[str, str | None] = {}
         for field in ("name", "pretrained"):
             value, relocated = _portable_path(getattr(spec, field), cache, role)
+            fields[field] = value
             if relocated and value is not None:
                 moved[f"{role}.{field}"] = value
-    return moved
+        specs[role] = spec.model_copy(update=fields)
+    return specs, moved
 
 
 def signature() -> Any:
